@@ -7,6 +7,7 @@ import typer
 
 from jobs import console
 from mac import cli as mac_cli
+from mac import mlx_cli
 
 app = typer.Typer(
     name="ft",
@@ -37,7 +38,7 @@ def _register_all() -> None:
     from images import cli as images_cli
     from jobs import cloud_cli, eval_cli, run_cli
 
-    for module in (mac_cli, run_cli, eval_cli, cloud_cli, images_cli):
+    for module in (mac_cli, mlx_cli, run_cli, eval_cli, cloud_cli, images_cli):
         module.register(app)
 
 

@@ -15,7 +15,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 MARKER = "_COMPLETE"
 SHA_META = "sha256"  # S3 object metadata key holding the content hash (idempotent uploads)
@@ -223,7 +230,12 @@ class S3Store(Store):
         return _join(self.prefix, key)
 
     def _call(self, fn, *args, **kwargs):
-        from botocore.exceptions import ClientError, ConnectionError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import (
+            ClientError,
+            ConnectionError,
+            EndpointConnectionError,
+            NoCredentialsError,
+        )
 
         try:
             return fn(*args, **kwargs)
