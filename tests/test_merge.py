@@ -1,0 +1,66 @@
+"""Merge round trip: the merged model's logits equal base + adapter logits, and the merged folder
+loads with plain transformers (no PEFT), which is also what vLLM needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from eval_fixtures import make_adapter, make_run, make_tiny_model
+
+from trainer.merge import merge_adapter, merge_run
+from trainer.run_refs import RunRef
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("merge")
+    base = make_tiny_model(root / "base")
+    return base, make_adapter(base, root / "adapter")
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_merged_logits_equal_adapter_logits(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, adapter = tiny
+    out = merge_adapter(str(base), adapter, tmp_path / "merged")
+    assert (out / "model.safetensors").exists()
+    assert not (out / "adapter_config.json").exists()
+    assert json.loads((out / "merge_info.json").read_text())["kind"] == "lora-merged"
+
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("Natalia sold clips to 48 of her friends.", return_tensors="pt").input_ids
+    plain = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                             adapter).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+
+    expected = _logits(with_adapter, ids)
+    assert not torch.allclose(expected, _logits(plain, ids), atol=1e-3), "adapter must change the outputs"
+    torch.testing.assert_close(_logits(merged, ids), expected, atol=1e-4, rtol=1e-4)
+    assert tok.chat_template, "the chat template travels with the merged model"
+
+
+def test_merge_run_stage_from_store(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    base, adapter = tiny
+    store, run_id = make_run(tmp_path, base, stages=("sft",), adapters={"sft": adapter})
+    out = merge_run(RunRef(str(store), run_id), None, str(tmp_path / "served"))
+    info = json.loads((Path(out) / "merge_info.json").read_text())
+    assert info["stage"] == "sft" and info["run_id"] == run_id
+    assert (Path(out) / "_COMPLETE").exists()
+
+    # Also into a store URI (a second local store, same code path as s3:// minus boto3).
+    from trainer.store import open_store
+
+    target = tmp_path / "bucket"
+    merge_run(RunRef(str(store), run_id), "sft", f"file://{target}/merged/{run_id}")
+    assert (target / "merged" / run_id / "model.safetensors").exists()
+    assert open_store(str(target)).is_complete(f"merged/{run_id}")

@@ -1,0 +1,74 @@
+"""Merge a LoRA adapter into its base: one safetensors model + tokenizer that transformers and vLLM
+load without PEFT. All stages' adapters are relative to the original base (later stages keep
+training the same adapter), so merging a stage needs only that stage's folder and `model.base`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from trainer.run_refs import RunRef, is_adapter, last_done_stage, load_run, run_spec, stage_model_dir
+from trainer.store import MARKER, open_store
+
+MERGE_INFO = "merge_info.json"
+
+
+def merge_adapter(base: str, adapter_dir: Path, out_dir: Path, dtype: str = "auto") -> Path:
+    """Load base + adapter, fold the LoRA deltas into the weights, save safetensors + tokenizer.
+
+    `dtype`: `auto` keeps the spec's training precision on a GPU and fp32 on the CPU; merging in the
+    precision the model will be served in avoids a second rounding step later."""
+    from trainer.models import load_model_for_inference, load_tokenizer
+
+    adapter_dir = Path(adapter_dir)
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if is_adapter(adapter_dir):
+        model = load_model_for_inference(base, adapter_dir, dtype=dtype)
+        merged = model.merge_and_unload()
+        kind = "lora-merged"
+    else:  # full fine-tune: the stage folder already is the whole model
+        merged = load_model_for_inference(base, adapter_dir, dtype=dtype)
+        kind = "full"
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tok_source = str(adapter_dir) if (adapter_dir / "tokenizer_config.json").exists() else base
+    load_tokenizer(tok_source).save_pretrained(tmp)
+    info: dict[str, Any] = {"base_model": base, "adapter": str(adapter_dir), "kind": kind,
+                            "dtype": str(getattr(merged, "dtype", dtype)).removeprefix("torch.")}
+    (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir
+
+
+def merge_run(run: RunRef, stage: str | None, out: str) -> str:
+    """Merge a run's stage (default: its last finished stage) into `out`, a local folder or a store
+    URI (`s3://…`; uploaded with the completion marker last). Returns where it went."""
+    info = load_run(run)
+    spec = run_spec(info)
+    stage = stage or last_done_stage(info)
+    adapter = stage_model_dir(run, info, stage)
+    # The store keeps training in the spec's dtype; on the CPU `auto` is fp32 anyway.
+    dtype = spec.model.dtype
+    if "://" in out:  # a store URI (s3://, or file:// for a store folder): upload, marker last
+        with tempfile.TemporaryDirectory(prefix="ft-merge-") as tmp:
+            folder = merge_adapter(spec.model.base, adapter, Path(tmp) / "merged", dtype=dtype)
+            _stamp(folder, run, stage)
+            store_uri, _, key = out.rstrip("/").rpartition("/")
+            open_store(store_uri).upload_dir(folder, key)
+        return out
+    folder = merge_adapter(spec.model.base, adapter, Path(out), dtype=dtype)
+    _stamp(folder, run, stage)
+    (folder / MARKER).write_text("")
+    return str(folder)
+
+
+def _stamp(folder: Path, run: RunRef, stage: str) -> None:
+    info = json.loads((folder / MERGE_INFO).read_text())
+    info.update({"run_id": run.run_id, "stage": stage, "store": run.store_uri})
+    (folder / MERGE_INFO).write_text(json.dumps(info, indent=2))

@@ -1,0 +1,86 @@
+"""Scoring of model outputs: sacrebleu's BLEU / chrF / TER (with their signatures, so a number can
+be reproduced), COMET when installed, and GSM8K exact match through `trainer.answers` -- the very
+extraction the GRPO correctness reward uses."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from trainer.answers import answers_match, extract_answer, gold_answer
+
+COMET_MODEL = "Unbabel/wmt22-comet-da"
+
+
+def translation_scores(
+    hyps: list[str], refs: list[str], sources: list[str] | None = None, comet: bool = True
+) -> dict[str, Any]:
+    """Corpus BLEU, chrF and TER exactly as sacrebleu computes them (default tokenisation 13a,
+    one reference per segment), each with its signature; COMET when possible, else a note why not."""
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    from sacrebleu.metrics import BLEU, CHRF, TER
+
+    out: dict[str, Any] = {"task": "translation", "n": len(hyps), "signatures": {}}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("ter", TER())):
+        score = metric.corpus_score(hyps, [refs])
+        out[name] = round(float(score.score), 4)
+        out["signatures"][name] = str(metric.get_signature())
+    out["comet"], out["comet_note"] = (None, "not requested") if not comet else _comet(hyps, refs, sources)
+    return out
+
+
+def _comet(hyps: list[str], refs: list[str], sources: list[str] | None) -> tuple[float | None, str]:
+    """COMET needs unbabel-comet, the source sentences and its model (downloaded once from the Hub);
+    any of those missing gives None with the reason rather than failing the whole evaluation."""
+    if sources is None:
+        return None, "no source sentences given"
+    if importlib.util.find_spec("comet") is None:
+        return None, "unbabel-comet not installed (pip install unbabel-comet)"
+    try:
+        from comet import download_model, load_from_checkpoint
+
+        model = load_from_checkpoint(download_model(COMET_MODEL))
+        data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs, strict=True)]
+        result = model.predict(data, batch_size=16, gpus=1 if _cuda() else 0, progress_bar=False)
+        return round(float(result.system_score), 4), COMET_MODEL
+    except Exception as e:  # noqa: BLE001 -- offline Hub, missing weights: report, don't crash
+        return None, f"COMET unavailable: {type(e).__name__}: {e}"
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def gsm8k_scores(preds: list[str], golds: list[str]) -> dict[str, Any]:
+    """Exact-match accuracy. `preds` are free-form model outputs, `golds` GSM8K answer fields
+    (`...#### N`) or bare answers. `items` holds one record per example for `--per-item`."""
+    if len(preds) != len(golds):
+        raise ValueError(f"{len(preds)} predictions but {len(golds)} references")
+    items = []
+    for i, (pred, gold_field) in enumerate(zip(preds, golds, strict=True)):
+        extracted = extract_answer(pred)
+        gold = gold_answer(gold_field)
+        items.append({"index": i, "extracted": extracted, "gold": gold, "correct": answers_match(extracted, gold)})
+    correct = sum(it["correct"] for it in items)
+    return {
+        "task": "gsm8k",
+        "n": len(items),
+        "correct": correct,
+        "accuracy": round(correct / len(items), 6) if items else 0.0,
+        "no_answer": sum(it["extracted"] is None for it in items),
+        "extraction": "trainer.answers.extract_answer (same as the GRPO math_correctness reward)",
+        "items": items,
+    }
+
+
+def headline(scores: dict[str, Any]) -> dict[str, float | None]:
+    """The numbers a comparison table shows for one evaluation."""
+    if scores.get("task") == "gsm8k":
+        return {"accuracy": scores.get("accuracy")}
+    return {k: scores.get(k) for k in ("bleu", "chrf", "ter", "comet")}
