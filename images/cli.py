@@ -1,9 +1,70 @@
-"""Commands of this area, registered on the `ft` app by jobs.cli."""
+"""`ft image tag|build`: the content-addressed tag of an image, and building it with the docker SDK.
+(`ft run BUNDLE --docker` lives in jobs.run_cli and calls images.docker_run.)"""
 
 from __future__ import annotations
 
 import typer
 
+from jobs.console import console, fail
+
+image_app = typer.Typer(help="The GPU and vLLM images: content-addressed tags, build, push.", no_args_is_help=True)
+
+KIND_HELP = "gpu (training, Dockerfile.gpu) or vllm (serving, Dockerfile.vllm)"
+BUILD_ARG_HELP = "KEY=VALUE build argument (repeatable); changes the tag, e.g. BASE=… for a CPU variant"
+
+
+def _build_args(pairs: list[str] | None) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--build-arg {pair!r}: expected KEY=VALUE", 2)
+        args[key] = value
+    return args
+
+
+@image_app.command("tag")
+def tag(
+    kind: str = typer.Argument(..., help=KIND_HELP),
+    registry: str | None = typer.Option(None, "--registry", help="prefix, e.g. ghcr.io/me"),
+    build_arg: list[str] | None = typer.Option(None, "--build-arg", help=BUILD_ARG_HELP),
+) -> None:
+    """Print the image's name and content-hash tag (same inputs → same tag), e.g. ft-gpu:3f2a9c…"""
+    from images.tags import image_ref
+
+    try:
+        print(image_ref(kind, registry=registry, build_args=_build_args(build_arg)))
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e), 2)
+
+
+@image_app.command("build")
+def build(
+    kind: str = typer.Argument(..., help=KIND_HELP),
+    push: str | None = typer.Option(None, "--push", metavar="REGISTRY", help="push to REGISTRY after the build"),
+    build_arg: list[str] | None = typer.Option(None, "--build-arg", help=BUILD_ARG_HELP),
+    network: str | None = typer.Option(None, "--network", help="network for RUN steps, e.g. host"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="rebuild every layer"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="show the steps only, not their output"),
+) -> None:
+    """Build the image with the docker SDK and tag it with its content hash."""
+    from images.build import BuildError, build_image
+    from images.tags import image_def
+
+    try:
+        image_def(kind)
+        ref = build_image(kind, console, build_args=_build_args(build_arg), push=push, network_mode=network,
+                          nocache=no_cache, verbose=not quiet)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e), 2)
+    except BuildError as e:
+        fail(f"image build failed: {e}")
+    print(ref)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(image_app, name="image")
+
+
+if __name__ == "__main__":
+    image_app()  # `python -m images.cli build gpu …`: the image commands without the rest of `ft`
