@@ -43,3 +43,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf outputs .pytest_cache
+
+# Opt-in, root, slow (10-20 min the first time): builds a CPU variant of Dockerfile.gpu on a Debian
+# base made by debootstrap and runs a two-step SFT from a bundle in it (see images/test_docker.sh).
+test-docker: $(STAMP)
+	BIN=$(BIN) timeout 2400 bash images/test_docker.sh

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# `make test-docker` (opt-in; root; a few GB of disk; 10-20 minutes the first time):
+# builds a CPU variant of Dockerfile.gpu through `ft image build` (docker SDK) and runs a two-step SFT
+# from a bundle in it through images.docker_run, the code path of `ft run BUNDLE --docker`.
+#
+# No container registry is reachable here, so the base image is made locally: Debian bookworm by
+# debootstrap, `docker import`ed. torch's CPU wheel comes from /opt/wheels through a throw-away local
+# index (the image's pip reaches PyPI for everything else). Steps already done are skipped on a rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN="${BIN:-.venv/bin}"
+WORK="${FT_DOCKER_TEST_DIR:-/tmp/ft-test-docker}"
+BASE_IMAGE="${BASE_IMAGE:-ft-debian-base:bookworm}"
+WHEEL_PORT="${WHEEL_PORT:-8765}"
+TORCH_WHEEL="${TORCH_WHEEL:-$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null | head -1 || true)}"
+mkdir -p "$WORK"
+say() { printf '\n== %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then echo "test-docker: run as root (installs docker.io, starts dockerd)" >&2; exit 1; fi
+if [ -z "$TORCH_WHEEL" ]; then echo "test-docker: no torch CPU wheel (set TORCH_WHEEL=…)" >&2; exit 1; fi
+
+if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
+    say "installing docker.io and debootstrap"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    say "starting dockerd (log: $WORK/dockerd.log)"
+    nohup dockerd >"$WORK/dockerd.log" 2>&1 &
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null
+fi
+
+if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    say "making $BASE_IMAGE with debootstrap"
+    rm -rf "$WORK/rootfs"
+    debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
+    tar -C "$WORK/rootfs" -c . | docker import - "$BASE_IMAGE"
+    rm -rf "$WORK/rootfs"
+fi
+
+say "serving $(basename "$TORCH_WHEEL") on a local index"
+mkdir -p "$WORK/index/simple/torch"
+cp -u "$TORCH_WHEEL" "$WORK/index/simple/torch/"
+python3 -m http.server "$WHEEL_PORT" --bind 127.0.0.1 --directory "$WORK/index" >"$WORK/index.log" 2>&1 &
+INDEX_PID=$!
+trap 'kill $INDEX_PID 2>/dev/null || true' EXIT
+sleep 1
+
+say "building the CPU variant of Dockerfile.gpu (log: $WORK/build.log)"
+start=$(date +%s)
+"$BIN/python" -m images.cli build gpu --network host \
+    --build-arg "BASE=$BASE_IMAGE" \
+    --build-arg "TORCH_INDEX_URL=http://127.0.0.1:$WHEEL_PORT/simple" \
+    --build-arg FLASH_ATTN_VERSION=none >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
+IMAGE="$(tail -1 "$WORK/build.log")"
+grep -E "^step |torch |smoke test" "$WORK/build.log" | tail -8
+echo "built $IMAGE in $(( $(date +%s) - start )) s; $(docker image inspect -f '{{.Size}}' "$IMAGE" | numfmt --to=iec)"
+
+say "bundle: the demo spec, one SFT stage of two steps"
+rm -rf "$WORK/bundles" "$WORK/store"
+"$BIN/python" - "$WORK/bundles" >"$WORK/bundle.txt" <<'EOF'
+import sys
+from pathlib import Path
+
+import yaml
+
+from trainer.bundle import write_bundle
+from trainer.spec import parse_spec
+
+raw = yaml.safe_load(Path("configs/demo.yaml").read_text())
+sft = next(s for s in raw["stages"] if s["method"] == "sft")
+raw["stages"] = [{**sft, "max_steps": 2, "save_steps": 1, "per_device_train_batch_size": 2, "max_length": 128}]
+spec = parse_spec(raw, "configs/demo.yaml (test-docker)")
+print(write_bundle(spec, Path("configs"), Path(sys.argv[1])).path)
+EOF
+BUNDLE="$(cat "$WORK/bundle.txt")"
+echo "$BUNDLE"
+
+say "ft run $BUNDLE --docker (image $IMAGE)"
+"$BIN/python" - "$BUNDLE" "$IMAGE" "$WORK/store" <<'EOF'
+import sys
+from pathlib import Path
+
+from images.docker_run import format_docker_command, run_in_docker, run_request
+
+bundle, image, store = sys.argv[1:]
+request = run_request(bundle, None, image=image, store=store, run_id="test-docker", hf_cache=None)
+print(format_docker_command(request), flush=True)
+code = run_in_docker(request)
+print(f"exit code {code}")
+finals = sorted(p.parent for p in Path(store).glob("runs/test-docker/**/final/_COMPLETE"))
+print("final outputs:", *(f"{p} ({', '.join(sorted(f.name for f in p.iterdir()))})" for p in finals), sep="\n  ")
+sys.exit(code or (0 if finals and (finals[0] / "adapter_config.json").exists() else 1))
+EOF
+say "test-docker passed"
