@@ -1,9 +1,249 @@
-"""Commands of this area, registered on the `ft` app by jobs.cli."""
+"""The cloud commands: `ft gpus`, `ft launch`, `ft status`, `ft logs`, `ft cancel`, `ft fetch`.
+SkyPilot is imported inside the commands only (`import jobs` must not import it)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+from rich.table import Table
+
+from jobs.console import console, fail
+
+
+def _parse_gpu(gpu: str | None) -> tuple[str | None, int | None]:
+    if not gpu:
+        return None, None
+    name, _, count = gpu.partition(":")
+    try:
+        return name, int(count) if count else None
+    except ValueError:
+        fail(f"--gpu {gpu!r}: expected NAME or NAME:COUNT (e.g. A100-80GB:1)", 2)
+        raise  # unreachable; fail() exits
+
+
+def _spot_choice(spot: bool | None) -> str | None:
+    return None if spot is None else ("spot" if spot else "on-demand")
+
+
+def _age(hours: float | None) -> str:
+    if hours is None:
+        return "not cached"
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
+
+
+def _load(config: Path):
+    from trainer.spec import SpecError, load_spec
+
+    try:
+        return load_spec(config)
+    except SpecError as e:
+        fail(str(e), 1)
+
+
+def _offers_table(offers, with_cost: bool) -> Table:
+    table = Table(show_lines=False, header_style="bold")
+    for col in ("cloud", "enabled", "instance type", "GPU", "GPU mem", "region", "spot", "$/h"):
+        table.add_column(col, justify="right" if col in ("GPU mem", "$/h") else "left")
+    if with_cost:
+        table.add_column("est. hours", justify="right")
+        table.add_column("est. $ job", justify="right")
+    for o in offers:
+        enabled = "?" if o.enabled is None else ("yes" if o.enabled else "no")
+        price = f"{o.price_per_hour:.2f}" if o.price_per_hour is not None else "[yellow]unknown[/]"
+        row = [o.cloud, enabled, o.instance_type, f"{o.accelerator} × {o.count}",
+               f"{o.gpu_memory_gib:.0f} GiB" if o.gpu_memory_gib else "?", o.region, "spot" if o.spot else "on-demand",
+               price]
+        if with_cost:
+            row += [f"{o.est_hours:.1f}" if o.est_hours is not None else "",
+                    f"{o.est_cost:.2f}" if o.est_cost is not None else "unknown"]
+        table.add_row(*row)
+    return table
+
+
+def _print_table(table: Table) -> None:
+    # Piped output (CI logs, `| less`) gets full rows instead of 80 columns of ellipses.
+    if console.is_terminal:
+        console.print(table)
+    else:
+        from rich.console import Console
+
+        Console(width=200, file=console.file, no_color=console.no_color).print(table)
+
+
+def _estimate_lines(spec, spec_dir: Path) -> list[str]:
+    from jobs import gpu_fit
+
+    est = gpu_fit.estimate(spec, spec_dir)
+    lines = [f"model {spec.model.base}: {est.params_b:.2f}B parameters ({est.shape_source}), "
+             f"finetune {spec.finetune.method}, strategy {spec.distributed.strategy}"]
+    for s in est.stages:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in s.parts.items())
+        lines.append(f"  {s.stage} ({s.method}): ~{s.per_gpu_gib:.1f} GiB on one GPU  [{parts}]")
+    return lines
+
+
+def gpus_command(
+    config: Path | None = typer.Option(None, "--config", "-c", help="job spec: only GPUs it fits, with job cost"),
+    gpu: str | None = typer.Option(None, "--gpu", help="NAME[:COUNT], e.g. A100-80GB:1"),
+    spot: bool | None = typer.Option(None, "--spot/--on-demand", help="default: both (a spec: its use_spot)"),
+    clouds: list[str] | None = typer.Option(None, "--clouds", help="lambda, aws, runpod, vast (repeatable)"),
+    max_price: float | None = typer.Option(None, "--max-price", help="$/h ceiling"),
+    enabled_only: bool = typer.Option(False, "--enabled-only", help="only clouds `sky check` enabled"),
+    limit: int = typer.Option(25, "--limit", help="rows shown (0: all)"),
+    as_json: bool = typer.Option(False, "--json", help="rows as JSON objects"),
+) -> None:
+    """GPU offers from SkyPilot's cached catalog, cheapest first, filtered by fit and provider limits."""
+    from jobs import pricing
+
+    accel, count = _parse_gpu(gpu)
+    cloud_list = [c.strip().lower() for group in (clouds or []) for c in group.split(",") if c.strip()]
+    unknown = sorted(set(cloud_list) - set(pricing.CLOUDS))
+    if unknown:
+        fail(f"--clouds: unknown {', '.join(unknown)} (one of {', '.join(pricing.CLOUDS)})", 2)
+    notes: list[str] = []
+    spec = spec_dir = None
+    if config:
+        spec, spec_dir = _load(config), config.resolve().parent
+        offers = pricing.candidates_for_spec(spec, spec_dir, _spot_choice(spot), cloud_list or None, max_price,
+                                             accel, count, notes)
+    else:
+        offers = pricing.list_offers(cloud_list or pricing.CLOUDS, accel, count, _spot_choice(spot) or "both",
+                                     notes=notes)
+        offers = pricing.filter_offers(offers, max_price)
+    pricing.mark_enabled(offers, pricing.enabled_clouds())
+    if enabled_only:
+        offers = pricing.filter_offers(offers, enabled_only=True)
+    if as_json:
+        print(json.dumps([o.json_row() for o in offers], indent=2))
+        return
+    ages = pricing.catalog_ages(cloud_list or pricing.CLOUDS)
+    console.print("catalog age: " + ", ".join(f"{c} {_age(h)}" for c, h in ages.items())
+                  + f"  ({pricing.catalog_path('aws').parent.parent})", highlight=False)
+    if spec is not None:
+        for line in _estimate_lines(spec, spec_dir):
+            console.print(line, highlight=False)
+    shown = offers[:limit] if limit else offers
+    _print_table(_offers_table(shown, with_cost=spec is not None))
+    if len(shown) < len(offers):
+        console.print(f"[dim]{len(offers) - len(shown)} more (--limit 0 shows all)[/]")
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if not offers:
+        fail("no offer matches (a bigger GPU, more GPUs with a sharding strategy, or other clouds?)", 1)
+
+
+def launch_command(
+    target: Path = typer.Argument(..., help="job spec YAML, or a bundle folder"),
+    stage: str | None = typer.Option(None, "--stage", help="one stage (or `eval`); default: every stage"),
+    run_id: str | None = typer.Option(None, "--run-id", help="default: <name>-<time>-<random>"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the exact task, launch nothing"),
+    detach: bool = typer.Option(False, "--detach", help="return once submitted"),
+    bundles_dir: Path = typer.Option(Path("outputs/bundles"), "--bundles-dir", help="where bundles are written"),
+) -> None:
+    """Bundle and push if needed, pick the cheapest GPUs that fit, launch a managed job."""
+    import yaml
+
+    from jobs import launch, pricing
+    from trainer.bundle import BundleError, bundle_key, push_bundle, verify_bundle, write_bundle
+    from trainer.runs import new_run_id
+
+    try:
+        if target.is_dir():
+            bundle = verify_bundle(target)
+            spec, spec_dir = bundle.spec, bundle.path
+        else:
+            spec, spec_dir = _load(target), target.resolve().parent
+            bundle = write_bundle(spec, spec_dir, bundles_dir)
+    except (BundleError, FileNotFoundError) as e:
+        fail(str(e), 1)
+        return
+    if stage and stage != "eval":
+        try:
+            spec.stage(stage)
+        except KeyError as e:
+            fail(str(e.args[0]), 2)
+    if spec.store.uri.startswith("s3://"):
+        bundle_uri = spec.store.uri.rstrip("/") + "/" + bundle_key(bundle)
+    else:
+        console.print(f"[yellow]note:[/] store {spec.store.uri} is a local folder: a cloud machine cannot "
+                      "reach it; set store.uri to s3://…", highlight=False)
+        bundle_uri = str(Path(spec.store.uri).resolve() / bundle_key(bundle))
+    run_id = run_id or new_run_id(spec.name)
+    notes: list[str] = []
+    offers = pricing.candidates_for_spec(spec, spec_dir, notes=notes)
+    for line in _estimate_lines(spec, spec_dir):
+        console.print(line, highlight=False)
+    _print_table(_offers_table(offers[: launch.MAX_CANDIDATES], with_cost=True))
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if not offers:
+        console.print("[yellow]note:[/] no priced offer from the catalog: SkyPilot's optimizer chooses among "
+                      "the YAML's candidates", highlight=False)
+    cfg = launch.build_task_config(spec, bundle_uri, run_id, offers, stage)
+    launch.to_task(cfg)  # SkyPilot's own validation, also on --dry-run
+    if dry_run:
+        print(yaml.safe_dump(cfg, sort_keys=False, width=200))
+        return
+    if spec.store.uri.startswith("s3://"):
+        console.print(f"bundle → {push_bundle(bundle, spec.store.uri)}", highlight=False)
+    console.print(f"launching managed job {cfg['name']} (run id {run_id})", highlight=False)
+    launch.launch(cfg, detach=detach)
+    console.print(f"run id: [bold]{run_id}[/]  —  ft logs {run_id} · ft fetch {run_id} --store {spec.store.uri}")
+
+
+def status_command(all_users: bool = typer.Option(False, "--all-users")) -> None:
+    """Managed jobs started by `ft launch` (and any other) with their state."""
+    from jobs import launch
+
+    rows = launch.status(all_users)
+    table = Table(header_style="bold")
+    for col in ("id", "name", "status", "resources", "recoveries", "submitted"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r.get("job_id", "")), str(r.get("job_name", "")), str(r.get("status", "")),
+                      str(r.get("resources", "")), str(r.get("recovery_count", "")), str(r.get("submitted_at", "")))
+    _print_table(table)
+
+
+def logs_command(run: str = typer.Argument(..., help="run id"),
+                 follow: bool = typer.Option(True, "--follow/--no-follow")) -> None:
+    """Stream a run's managed-job logs."""
+    from jobs import launch
+
+    launch.logs(run, follow)
+
+
+def cancel_command(run: str = typer.Argument(..., help="run id")) -> None:
+    """Cancel a run's managed job (checkpoints already in the store stay)."""
+    from jobs import launch
+
+    launch.cancel(run)
+    console.print(f"cancelled {launch.job_name(run)}")
+
+
+def fetch_command(
+    run: str = typer.Argument(..., help="run id, s3://…/runs/<id> or <store>/runs/<id>"),
+    to: Path = typer.Option(Path("outputs/runs"), "--to", help="download into TO/<run id>"),
+    store: str = typer.Option("./outputs/store", "--store", help="store of a bare run id"),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="also the intermediate checkpoints"),
+) -> None:
+    """Pull a run's artifacts (final adapters/weights, metrics, eval, report) back from the store."""
+    from jobs import launch
+
+    try:
+        dest = launch.fetch(run, store, to, checkpoints)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e), 1)
+        return
+    console.print(f"fetched → {dest}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("gpus")(gpus_command)
+    app.command("launch")(launch_command)
+    app.command("status")(status_command)
+    app.command("logs")(logs_command)
+    app.command("cancel")(cancel_command)
+    app.command("fetch")(fetch_command)

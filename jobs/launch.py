@@ -1,0 +1,196 @@
+"""Managed-job launch, status, logs, cancel and artifact fetch, through SkyPilot's Python SDK.
+
+`ft launch` starts from the job YAML of the stage (jobs/<stage>.yaml, jobs/pipeline.yaml for every
+stage) and fills in what SkyPilot does not know: the bundle and run id, the image's content-hash tag,
+the accelerate config for the spec's strategy, the number of nodes, and the resources: the offers
+the job fits, cheapest first, as SkyPilot `ordered` candidates, so SkyPilot tries them in price order
+and, after a preemption, recovers on the next.
+
+A managed job is named `ft-<run id>`, so `ft logs RUN` and `ft cancel RUN` find it by the run id.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs import accelerate_config, images_ref
+from jobs.pricing import NO_MULTI_NODE, Offer
+from trainer.spec import JobSpec
+
+JOBS_DIR = Path(__file__).parent
+REPO_ROOT = JOBS_DIR.parent
+SKY_CONFIG = REPO_ROOT / "sky" / "config.yaml"
+MAX_CANDIDATES = 8  # SkyPilot tries them in order; more only slows the optimizer
+SECRETS = ("HF_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+ACCEL_DIR_ON_NODE = "/tmp/ft-accelerate"
+
+
+def job_name(run_id: str) -> str:
+    return f"ft-{run_id}"
+
+
+def yaml_for(stage_method: str | None) -> Path:
+    """The job YAML of one stage's method, or the pipeline (every stage) when None."""
+    name = stage_method if stage_method in ("sft", "dpo", "grpo", "eval") else "pipeline"
+    return JOBS_DIR / f"{name}.yaml"
+
+
+def load_job_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def accelerate_envs(spec: JobSpec) -> dict[str, str]:
+    """FT_STRATEGY and the base64 accelerate/DeepSpeed configs the YAML's run script writes out."""
+    strategy = accelerate_config.strategy_for(spec)
+    if strategy is None:
+        return {"FT_STRATEGY": "ddp"}
+    cfg = accelerate_config.accelerate_config(strategy, num_machines=spec.distributed.num_nodes)
+    envs = {"FT_STRATEGY": strategy}
+    if strategy in accelerate_config.DEEPSPEED:
+        cfg["deepspeed_config"]["deepspeed_config_file"] = f"{ACCEL_DIR_ON_NODE}/deepspeed.json"
+        envs["FT_DEEPSPEED_CONFIG"] = _b64(json.dumps(accelerate_config.DEEPSPEED[strategy], indent=2))
+    # Machine rank, head address and process counts come from SkyPilot's variables on the node
+    # (the run script passes them as accelerate flags, which override these placeholders).
+    envs["FT_ACCELERATE_CONFIG"] = _b64(accelerate_config.render(cfg))
+    return envs
+
+
+def resources_from_offers(offers: list[Offer], disk_size: int) -> list[dict[str, Any]]:
+    """SkyPilot `ordered` candidates: one per (cloud, region, accelerator, spot), cheapest first."""
+    out, seen = [], set()
+    for o in offers:
+        key = (o.cloud, o.region, o.accelerator, o.count, o.spot)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append({"infra": f"{o.cloud}/{o.region}", "accelerators": f"{o.accelerator}:{o.count}",
+                    "use_spot": o.spot})
+        if len(out) == MAX_CANDIDATES:
+            break
+    return out
+
+
+def build_task_config(
+    spec: JobSpec,
+    bundle_uri: str,
+    run_id: str,
+    offers: list[Offer],
+    stage: str | None = None,
+    image: str | None = None,
+) -> dict[str, Any]:
+    """The exact SkyPilot task (as a YAML dict) `ft launch` submits."""
+    method = spec.stage(stage).method if stage and stage != "eval" else stage
+    cfg = copy.deepcopy(load_job_yaml(yaml_for(method)))
+    cfg["name"] = job_name(run_id)
+    envs = cfg.setdefault("envs", {})
+    envs.update(BUNDLE=bundle_uri, RUN_ID=run_id, FT_STORE=spec.store.uri)
+    if "STAGE" in envs:
+        envs["STAGE"] = stage or ""
+    envs.update(accelerate_envs(spec))
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        envs["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL"]
+    if spec.distributed.num_nodes > 1:
+        cfg["num_nodes"] = spec.distributed.num_nodes
+    res = cfg["resources"]
+    res["image_id"] = f"docker:{image or images_ref.gpu_image()}"
+    res["disk_size"] = spec.resources.disk_size
+    if offers:
+        res.pop("accelerators", None)
+        res.pop("any_of", None)
+        res.pop("use_spot", None)
+        res["ordered"] = resources_from_offers(offers, spec.resources.disk_size)
+    else:  # no catalog: keep the YAML's candidates, narrowed to the spec's clouds and spot choice
+        clouds = set(spec.resources.clouds)
+        if spec.distributed.num_nodes > 1:
+            clouds -= NO_MULTI_NODE
+        res["any_of"] = [c for c in res.get("any_of", []) if c["infra"].split("/")[0] in clouds]
+        res["use_spot"] = spec.resources.use_spot
+        if spec.resources.accelerators:
+            res["accelerators"] = spec.resources.accelerators
+    if spec.resources.max_price_per_hour:
+        res["max_hourly_cost"] = spec.resources.max_price_per_hour
+    return cfg
+
+
+def to_task(cfg: dict[str, Any], secrets: dict[str, str] | None = None):
+    """Parse and validate with SkyPilot itself (schema, envs, resources)."""
+    import sky
+
+    return sky.Task.from_yaml_config(copy.deepcopy(cfg), secrets_overrides=secrets or None)
+
+
+def local_secrets() -> dict[str, str]:
+    """The secrets the YAMLs declare, taken from this environment (`.env` already loaded)."""
+    return {k: os.environ[k] for k in SECRETS if os.environ.get(k)}
+
+
+def _use_project_config() -> None:
+    os.environ.setdefault("SKYPILOT_PROJECT_CONFIG", str(SKY_CONFIG))
+
+
+def launch(cfg: dict[str, Any], detach: bool = False) -> Any:
+    """Submit a managed job; follow its logs unless `detach`."""
+    _use_project_config()
+    import sky
+
+    task = to_task(cfg, local_secrets())
+    request_id = sky.jobs.launch(task, name=cfg["name"])
+    if detach:
+        return request_id
+    return sky.stream_and_get(request_id)
+
+
+def status(all_users: bool = False) -> list[dict[str, Any]]:
+    _use_project_config()
+    import sky
+
+    records = sky.get(sky.jobs.queue(refresh=False, all_users=all_users))
+    if isinstance(records, tuple):  # queue version 2 returns (records, total, ...)
+        records = records[0]
+    out = []
+    for r in records:
+        d = r.model_dump() if hasattr(r, "model_dump") else dict(r)
+        out.append(d)
+    return out
+
+
+def logs(run_id: str, follow: bool = True) -> Any:
+    _use_project_config()
+    import sky
+
+    return sky.jobs.tail_logs(name=job_name(run_id), follow=follow)
+
+
+def cancel(run_id: str) -> None:
+    _use_project_config()
+    import sky
+
+    sky.get(sky.jobs.cancel(name=job_name(run_id)))
+
+
+def fetch(run: str, store_uri: str, to: Path, checkpoints: bool = False) -> Path:
+    """Download `runs/<id>/` (every stage's final output, metrics, eval, report) into `to/<id>`;
+    intermediate checkpoints only when asked (they are the bulk and only matter for resuming)."""
+    from trainer.run_refs import parse_run_ref
+
+    ref = parse_run_ref(run, store_uri)
+    store = ref.store
+    objects = [(rel, size) for rel, size in store.list(ref.prefix)
+               if checkpoints or "/checkpoints/" not in f"/{rel}"]
+    if not objects:
+        raise FileNotFoundError(f"nothing at {store.url(ref.prefix)}")
+    dest = Path(to) / ref.run_id
+    for rel, _ in objects:
+        store.download_file(f"{ref.prefix}/{rel}", dest / rel)
+    return dest

@@ -1,0 +1,101 @@
+"""GPU memory estimates against the guide's table, and fit decisions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs import gpu_fit
+from trainer.spec import parse_spec
+
+# The guide's "GPU Memory Requirements" table (GB): SFT (QLoRA), DPO, GRPO, full fine-tune.
+GUIDE = {7: (16, 24, 32, 80), 13: (24, 40, 48, 160), 70: (80, 160, 200, 640)}
+
+# Llama-2 configs (the canonical 7B/13B/70B), as their config.json files have them.
+LLAMA2 = {
+    7: {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False},
+    13: {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
+         "num_key_value_heads": 40, "vocab_size": 32000, "tie_word_embeddings": False},
+    70: {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
+         "num_key_value_heads": 8, "vocab_size": 32000, "tie_word_embeddings": False},
+}
+KNOWN_PARAMS_B = {7: 6.74, 13: 13.02, 70: 68.98}
+
+
+def _spec(base: str, method: str, stage: dict, **extra):
+    data = {"name": "fit", "model": {"base": base, "dtype": "bfloat16"},
+            "data": {"task": "math", "sft_train": "a.jsonl", "dpo_train": "b.jsonl", "grpo_train": "c.jsonl"},
+            "finetune": {"method": method}, "stages": [stage], **extra}
+    return parse_spec(data)
+
+
+@pytest.fixture
+def llama_dirs(tmp_path):
+    dirs = {}
+    for size, cfg in LLAMA2.items():
+        d = tmp_path / f"llama-2-{size}b"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"model_type": "llama", **cfg}))
+        dirs[size] = d
+    return dirs
+
+
+def test_parameter_count_from_config(llama_dirs):
+    for size, d in llama_dirs.items():
+        shape = gpu_fit.model_shape(str(d))
+        assert shape.source == str(d)
+        assert shape.params / 1e9 == pytest.approx(KNOWN_PARAMS_B[size], rel=0.01)
+
+
+@pytest.mark.parametrize("size", [7, 13, 70])
+def test_estimates_agree_with_guide_table(llama_dirs, size):
+    """Columns as the guide's configs run them: SFT with QLoRA (4-bit base); DPO and GRPO with LoRA on a
+    bf16 base (the reference model is the base with the adapter off; GRPO generating with
+    transformers); full fine-tuning of every weight. Guide defaults: batch 4, length 2048, gradient
+    checkpointing, r=64 on all linear layers, 4 generations of 512 tokens."""
+    base = str(llama_dirs[size])
+    columns = [
+        _spec(base, "qlora", {"method": "sft"}),
+        _spec(base, "lora", {"method": "dpo"}),
+        _spec(base, "lora", {"method": "grpo", "use_vllm": "off"}),
+        _spec(base, "full", {"method": "sft"}),
+    ]
+    for spec, guide_gb in zip(columns, GUIDE[size], strict=True):
+        got = gpu_fit.estimate(spec).per_gpu_gib
+        assert got == pytest.approx(guide_gb, rel=0.25), (size, spec.stages[0].method, spec.finetune.method, got)
+
+
+def test_which_gpus_fit(llama_dirs):
+    qlora_7b = _spec(str(llama_dirs[7]), "qlora", {"method": "sft"})
+    assert gpu_fit.fits(qlora_7b, 24, 1)  # an A10G / RTX4090
+    assert not gpu_fit.fits(qlora_7b, 12, 1)
+    full_70b = _spec(str(llama_dirs[70]), "full", {"method": "sft"})
+    assert not gpu_fit.fits(full_70b, 80, 8)  # one process: the other seven GPUs idle
+    ddp = full_70b.model_copy(update={"distributed": full_70b.distributed.model_copy(update={"strategy": "ddp"})})
+    assert not gpu_fit.fits(ddp, 80, 8)  # DDP replicates everything
+    zero3 = _spec(str(llama_dirs[70]), "full", {"method": "sft"},
+                  distributed={"strategy": "deepspeed_zero3_offload"})
+    assert gpu_fit.fits(zero3, 80, 8)  # parameters sharded, optimizer states on the CPU
+    assert not gpu_fit.fits(zero3, 80, 2)
+
+
+def test_sharding_and_quantization_lower_the_need(llama_dirs):
+    base = str(llama_dirs[13])
+    lora = gpu_fit.estimate(_spec(base, "lora", {"method": "sft"})).per_gpu_gib
+    qlora = gpu_fit.estimate(_spec(base, "qlora", {"method": "sft"})).per_gpu_gib
+    assert qlora < lora
+    full = _spec(base, "full", {"method": "sft"}, distributed={"strategy": "deepspeed_zero2"})
+    assert gpu_fit.estimate(full, num_gpus=4).per_gpu_gib < gpu_fit.estimate(full, num_gpus=1).per_gpu_gib
+    no_ckpt = gpu_fit.estimate(_spec(base, "qlora", {"method": "sft", "gradient_checkpointing": False}))
+    assert no_ckpt.per_gpu_gib > qlora
+
+
+def test_model_without_reachable_config_uses_reference_shape(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shape = gpu_fit.model_shape("someone/Some-Model-13B-Instruct-not-cached")
+    assert shape.params / 1e9 == pytest.approx(13, rel=0.05)
+    assert gpu_fit.model_shape("Qwen/Qwen2.5-7B-Instruct-not-cached").vocab == 152064
+    with pytest.raises(ValueError, match="cannot size"):
+        gpu_fit.model_shape("someone/mystery-model")
