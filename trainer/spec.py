@@ -131,7 +131,6 @@ class DPOStage(StageBase):
     epochs: float = Field(1, gt=0)
     beta: float = Field(0.1, gt=0)
     loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
-    max_prompt_length: int = Field(1024, gt=0)
     pairs: Literal["bundle", "on_policy"] = "bundle"
     on_policy: OnPolicyPairs = Field(default_factory=OnPolicyPairs)
 
@@ -320,7 +319,11 @@ def problems_from(err: ValidationError, lines: dict[tuple, int] | None = None) -
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        problems.append((f"{where} (line {line})" if line and where else where or (f"line {line}" if line else ""), msg))
+        if line and where:
+            where = f"{where} (line {line})"
+        elif line:
+            where = f"line {line}"
+        problems.append((where, msg))
     return problems
 
 

@@ -1,0 +1,82 @@
+"""Trainer callbacks: checkpoints to the store (marker last), and metrics.jsonl.
+
+The Hugging Face Trainer writes `checkpoint-N/` locally (weights, optimizer, scheduler, RNG state and
+trainer_state.json with the data position); this callback copies it to the store right after, so a
+preempted machine loses at most `save_steps` steps."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from trainer.runs import RunLayout
+
+# TRL's log keys → ours (the report and the eval read these names)
+RENAMES = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", "learning_rate": "learning_rate"}
+
+
+class StoreCheckpointCallback(TrainerCallback):
+    def __init__(self, layout: RunLayout, stage: str, output_dir: Path, keep: int, metrics_file: Path):
+        self.layout, self.stage, self.output_dir, self.keep = layout, stage, Path(output_dir), keep
+        self.metrics_file = metrics_file
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return control
+        local = self.output_dir / f"checkpoint-{state.global_step}"
+        if local.is_dir():
+            if self.metrics_file.exists():  # metrics first: a resumed run continues the same file
+                self.layout.store.upload_file(self.metrics_file, self.layout.metrics(self.stage))
+            self.layout.store.upload_dir(local, self.layout.checkpoint(self.stage, state.global_step), progress=False)
+            self._prune()
+        return control
+
+    def _prune(self) -> None:
+        steps = self.layout.complete_checkpoints(self.stage)
+        for step in steps[: max(0, len(steps) - self.keep)]:
+            # Drop the marker first so a half-deleted checkpoint never looks complete.
+            self.layout.store.delete(f"{self.layout.checkpoint(self.stage, step)}/_COMPLETE")
+            self.layout.store.delete(self.layout.checkpoint(self.stage, step))
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends one JSON line per log event: loss, learning rate, reward mean/std, tokens/s, step time."""
+
+    def __init__(self, path: Path, stage: str):
+        self.path, self.stage = Path(path), stage
+        self._step_started = 0.0
+        self._step_times: list[float] = []
+        self._last_log: tuple[float, float] | None = None  # (time, num_tokens)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step_times.append(time.perf_counter() - self._step_started)
+
+    def on_log(self, args, state, control, logs: dict[str, Any] | None = None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        row: dict[str, Any] = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch}
+        for key, value in logs.items():
+            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+                row[RENAMES.get(key, key)] = value
+        if self._step_times:
+            row["step_time"] = sum(self._step_times) / len(self._step_times)
+            self._step_times.clear()
+        now = time.perf_counter()
+        tokens = logs.get("num_tokens")
+        if isinstance(tokens, (int, float)):
+            if self._last_log and tokens > self._last_log[1]:
+                row["tokens_per_s"] = (tokens - self._last_log[1]) / (now - self._last_log[0])
+            self._last_log = (now, float(tokens))
+        if "train_runtime" in logs:
+            row["final"] = True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")

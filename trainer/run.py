@@ -1,0 +1,196 @@
+"""Run a bundle's stages: pull and verify the bundle, then for each stage resume from the newest
+complete checkpoint in the store (or skip the stage when its final output is complete), train with
+the stage's recipe, and put the final adapter, metrics and TensorBoard logs in the store.
+
+Exit codes (documented in the README; SkyPilot's `job_recovery.recover_on_exit_codes` names 75):
+    0   success
+    2   bad input: bundle, spec, data or a setting this machine cannot honour; not worth a retry
+    75  retryable infrastructure failure: the store was unreachable, …
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from trainer.bundle import Bundle, fetch_bundle
+from trainer.runs import RunLayout, new_run_id
+from trainer.spec import StageBase
+from trainer.store import open_store
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2
+EXIT_RETRYABLE = 75
+
+console = Console(stderr=True)
+
+
+def workdir_root() -> Path:
+    return Path(os.environ.get("FT_WORKDIR", "outputs/work"))
+
+
+def _state():
+    from accelerate import PartialState
+
+    return PartialState()
+
+
+def _fetch_dir(layout: RunLayout, key: str, local: Path) -> Path:
+    """A complete folder from the store, downloaded once."""
+    if not (local / ".fetched").exists():
+        layout.store.download_dir(key, local, progress=False)
+        (local / "_COMPLETE").unlink(missing_ok=True)
+        (local / ".fetched").touch()
+    return local
+
+
+def _init_from(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, work: Path) -> Path | None:
+    if previous is not None:
+        return _fetch_dir(layout, layout.final(previous), work / previous / "final")
+    if getattr(stage, "init_adapter", None) == "prototype":
+        if bundle.prototype_adapter is None:
+            raise ValueError(f"stages: {stage.stage_name} has init_adapter: prototype, but the bundle has no "
+                             "prototype adapter (run `ft prototype` before `ft bundle`)")
+        return bundle.prototype_adapter
+    return None
+
+
+def _resume_point(layout: RunLayout, stage: str, output_dir: Path, metrics_file: Path) -> str | None:
+    steps = layout.complete_checkpoints(stage)
+    if not steps:
+        metrics_file.unlink(missing_ok=True)
+        return None
+    step = steps[-1]
+    local = output_dir / f"checkpoint-{step}"
+    if not (local / ".fetched").exists():
+        shutil.rmtree(local, ignore_errors=True)
+        _fetch_dir(layout, layout.checkpoint(stage, step), local)
+    try:  # the metrics written up to that checkpoint; later lines are re-logged after resuming
+        layout.store.download_file(layout.metrics(stage), metrics_file)
+    except FileNotFoundError:
+        metrics_file.unlink(missing_ok=True)
+    return str(local)
+
+
+def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, record: dict) -> int:
+    from trainer.callbacks import MetricsCallback, StoreCheckpointCallback
+    from trainer.recipes.common import StageContext
+
+    state = _state()
+    name = stage.stage_name
+    work = workdir_root() / layout.run_id
+    output_dir = work / name
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = output_dir / "metrics.jsonl"
+    with state.local_main_process_first():
+        init_from = _init_from(layout, bundle, stage, previous, work)
+        resume = _resume_point(layout, name, output_dir, metrics_file)
+    if resume:
+        console.print(f"[bold]{name}[/]: resuming from {layout.store.url(resume.split('checkpoint-')[0])}"
+                      f"checkpoint {resume.rsplit('-', 1)[1]}")
+    ctx = StageContext(
+        spec=bundle.spec, stage=stage, bundle=bundle, output_dir=output_dir, init_from=init_from,
+        run_name=f"{layout.run_id}-{name}",
+        callbacks=[MetricsCallback(metrics_file, name),
+                   StoreCheckpointCallback(layout, name, output_dir, stage.save_total_limit, metrics_file)],
+    )
+    recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
+    started = time.time()
+    trainer = recipe.build(ctx)
+    trainer.train(resume_from_checkpoint=resume)
+    final = output_dir / "final"
+    trainer.save_model(str(final))
+    steps = trainer.state.global_step
+    if state.is_main_process:
+        trainer.processing_class.save_pretrained(str(final))
+        layout.store.upload_dir(final, layout.final(name), progress=False)
+        if metrics_file.exists():
+            layout.store.upload_file(metrics_file, layout.metrics(name))
+        tb = output_dir / "runs"
+        if tb.is_dir():
+            layout.store.upload_dir(tb, layout.tensorboard(name), progress=False, mark_complete=False)
+        record["stages"][name] = {"status": "done", "method": stage.method, "final": layout.final(name),
+                                  "steps": steps, "seconds": round(time.time() - started, 1)}
+        layout.write_run(record)
+    state.wait_for_everyone()
+    del trainer
+    gc.collect()
+    return steps
+
+
+def run_bundle(bundle_uri: str, stage: str | None = None, run_id: str | None = None,
+               store_uri: str | None = None) -> RunLayout:
+    state = _state()
+    with state.local_main_process_first():
+        bundle = fetch_bundle(bundle_uri, progress=state.is_main_process)
+    spec = bundle.spec
+    store = open_store(store_uri or os.environ.get("FT_STORE") or spec.store.uri)
+    layout = RunLayout(store, run_id or new_run_id(spec.name))
+    record = layout.read_run()
+    if record and record.get("bundle_id") != bundle.bundle_id:
+        raise ValueError(f"run {layout.run_id} was started from bundle {record.get('bundle_id', '?')[:12]}, "
+                         f"not {bundle.bundle_id[:12]}; use another --run-id")
+    record = record or {"run_id": layout.run_id, "bundle_id": bundle.bundle_id, "bundle_uri": bundle_uri,
+                        "spec": spec.resolved(), "stages": {}, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if state.is_main_process:
+        layout.write_run(record)
+    names = [s.stage_name for s in spec.stages]
+    if stage is not None and stage not in names:
+        raise ValueError(f"--stage {stage}: no such stage (stages: {', '.join(names)})")
+    previous: str | None = None
+    for s in spec.stages:
+        name = s.stage_name
+        selected = stage is None or stage == name
+        if selected and not store.is_complete(layout.final(name)):
+            if previous is not None and not store.is_complete(layout.final(previous)):
+                raise ValueError(f"stage {name} needs {previous}'s output; run that stage first")
+            console.print(f"[bold cyan]▶ {name}[/] ({s.method}) → {store.url(layout.stage(name))}")
+            steps = run_stage(layout, bundle, s, previous, record)
+            console.print(f"[green]✓ {name}[/]: {steps} steps")
+        elif selected:
+            console.print(f"[dim]✓ {name}: already complete in {store.url(layout.final(name))}; skipped[/]")
+        previous = name
+    return layout
+
+
+def summary(layout: RunLayout) -> dict:
+    record = layout.read_run()
+    return {"run_id": layout.run_id, "store": layout.store.uri,
+            "stages": {k: {"steps": v.get("steps"), "final": layout.store.url(v["final"])}
+                       for k, v in record.get("stages", {}).items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from trainer.bundle import BundleError
+    from trainer.models import CapabilityError
+    from trainer.spec import SpecError
+    from trainer.store import StoreUnavailable
+
+    parser = argparse.ArgumentParser(prog="python -m trainer", description="Run a job bundle's training stages.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="pull, verify and run a bundle")
+    run.add_argument("bundle", help="bundle folder or store URI (s3://…/bundles/<name>-<id>)")
+    run.add_argument("--stage", help="run only this stage (earlier stages must be complete)")
+    run.add_argument("--run-id", help="default: $SKYPILOT_TASK_ID, else a new id")
+    run.add_argument("--store", help="artifact store URI (default: $FT_STORE, else the spec's store.uri)")
+    args = parser.parse_args(argv)
+    try:
+        layout = run_bundle(args.bundle, args.stage, args.run_id, args.store)
+    except StoreUnavailable as e:
+        console.print(f"[red]store unavailable (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
+        return EXIT_RETRYABLE
+    except (BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error (exit {EXIT_BAD_INPUT}):[/] {e}")
+        return EXIT_BAD_INPUT
+    if _state().is_main_process:
+        print(json.dumps(summary(layout)))
+    return EXIT_OK
