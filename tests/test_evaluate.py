@@ -1,0 +1,104 @@
+"""Evaluation of a run's stages with a real (tiny, random) model and real adapters: generation,
+scoring, the files stored with the run, the comparison table; lm-eval on the local offline task;
+the streaming chat loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from eval_fixtures import gsm8k_test_rows, make_run, make_tiny_model, write_jsonl
+
+from trainer import evaluate
+from trainer.run_refs import RunRef, parse_run_ref
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("evalrun")
+    base = make_tiny_model(root / "base")
+    store, run_id = make_run(root, base, stages=("sft", "grpo"))
+    return base, store, run_id
+
+
+def test_parse_run_ref() -> None:
+    assert parse_run_ref("s3://b/p/runs/abc") == RunRef("s3://b/p", "abc")
+    assert parse_run_ref("/data/store/runs/abc/") == RunRef("/data/store", "abc")
+    assert parse_run_ref("abc", "s3://b/x") == RunRef("s3://b/x", "abc")
+    with pytest.raises(ValueError):
+        parse_run_ref("some/folder")
+
+
+def test_load_test_rows_accepts_bundle_and_raw_gsm8k(tmp_path: Path) -> None:
+    bundle_rows = write_jsonl(tmp_path / "a.jsonl", gsm8k_test_rows(2))
+    raw = write_jsonl(tmp_path / "b.jsonl", [{"question": "1+1?", "answer": "#### 2"}])
+    assert evaluate.load_test_rows(bundle_rows)[0]["messages"][0]["role"] == "system"
+    assert evaluate.load_test_rows(raw) == [{"messages": [{"role": "user", "content": "1+1?"}], "answer": "#### 2"}]
+
+
+def test_evaluate_model_predictions_are_the_models_greedy_output(run: tuple[Path, Path, str]) -> None:
+    from trainer.models import load_model_for_inference, load_tokenizer
+
+    base, _, _ = run
+    rows = evaluate.load_test_rows(write_jsonl(base.parent / "t.jsonl", gsm8k_test_rows(3)))
+    result = evaluate.evaluate_model(str(base), None, rows, "gsm8k", limit=2, max_new_tokens=6, batch_size=2)
+    assert result["n"] == 2 and result["backend"] == "transformers"
+    # Unbatched, one prompt at a time: left padding in the batch must not change the answers.
+    model, tok = load_model_for_inference(str(base)), load_tokenizer(str(base))
+    for item, row in zip(result["items"], rows, strict=False):
+        assert item["prediction"] == evaluate.generate_transformers(model, tok, [row["messages"]], 6, batch_size=1)[0]
+        assert item["gold"] == row["answer"].rsplit("####", 1)[1].strip()
+
+
+def test_evaluate_stage_stores_results_and_comparison(run: tuple[Path, Path, str]) -> None:
+    _, store, run_id = run
+    base_result = evaluate.evaluate_stage(str(store), run_id, "base", limit=3, max_new_tokens=4)
+    sft_result = evaluate.evaluate_stage(str(store), run_id, "sft", limit=3, max_new_tokens=4)
+    eval_dir = store / "runs" / run_id / "eval"
+    stored = json.loads((eval_dir / "sft.json").read_text())
+    assert stored["stage"] == "sft" and stored["n"] == 3 and stored["adapter"].endswith("sft/final")
+    # The adapter changes the model, so its greedy outputs differ from the base model's.
+    assert [i["prediction"] for i in base_result["items"]] != [i["prediction"] for i in sft_result["items"]]
+    table = json.loads((eval_dir / "comparison.json").read_text())
+    assert [r["stage"] for r in table["rows"]] == ["base", "sft"]
+    assert table["metric"] == "accuracy"
+    md = (eval_dir / "comparison.md").read_text()
+    assert md.splitlines()[0] == "| Stage | GSM8K accuracy | n | source |"
+    assert "| sft | " in md
+
+
+def test_comparison_markdown_translation() -> None:
+    table = {"task": "translation", "rows": [
+        {"stage": "base", "bleu": 18.2, "chrf": 45.0, "ter": 70.1, "comet": None, "n": 100, "source": "ft eval"}]}
+    assert "| base | 18.20 | 45.00 | 70.10 | – | 100 | ft eval |" in evaluate.comparison_markdown(table)
+
+
+@pytest.mark.integration
+def test_lm_eval_local_gsm8k_task_offline(run: tuple[Path, Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _, store, run_id = run
+    result = evaluate.lm_eval_stage(str(store), run_id, "sft", ["gsm8k_local"], limit=2)
+    metrics = result["results"]["gsm8k_local"]
+    assert "exact_match,strict-match" in metrics and "exact_match,flexible-extract" in metrics
+    assert result["n-samples"]["gsm8k_local"]["effective"] == 2
+    assert (store / "runs" / run_id / "eval" / "lm_eval" / "sft.json").exists()
+
+
+def test_chat_loop_streams_the_greedy_reply(run: tuple[Path, Path, str]) -> None:
+    from trainer.chat import chat_loop, stream_transformers
+    from trainer.models import load_model_for_inference, load_tokenizer
+
+    base, store, run_id = run
+    # The adapted model: the random base alone tends to emit only special tokens (nothing to stream).
+    model = load_model_for_inference(str(base), store / "runs" / run_id / "sft" / "final")
+    tok = load_tokenizer(str(base))
+    inputs = iter(["How many legs does a cat have?", "/exit"])
+    written: list[str] = []
+    history = chat_loop(lambda m: stream_transformers(model, tok, m, 8), lambda: next(inputs), written.append,
+                        system="Be brief.")
+    assert [m["role"] for m in history] == ["system", "user", "assistant"]
+    expected = evaluate.generate_transformers(model, tok, [history[:2]], 8, batch_size=1)[0]
+    assert history[2]["content"] == expected
+    assert len([w for w in written if w.strip()]) >= 2, "the reply arrives in pieces, not at once"

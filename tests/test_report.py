@@ -1,0 +1,85 @@
+"""The run report rendered by a real browser: Debian's headless Chromium opens report.html from
+disk with networking off and every embedded image must have decoded (naturalWidth > 0)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from eval_fixtures import make_run, make_tiny_model
+
+from trainer.evaluate import evaluate_stage
+from trainer.report import REPORT_KEY, write_report
+from trainer.run_refs import RunRef
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# Appended to a COPY of the report (the report itself has no scripts): reports how many images loaded.
+PROBE = ("<script>window.addEventListener('load',function(){var im=document.images,ok=0,bad=[];"
+         "for(var i=0;i<im.length;i++){if(im[i].complete&&im[i].naturalWidth>0)ok++;else bad.push(im[i].alt)}"
+         "var d=document.createElement('pre');d.textContent='FT-PROBE '+JSON.stringify({total:im.length,"
+         "loaded:ok,broken:bad});document.body.appendChild(d)});</script>")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
+    root = tmp_path_factory.mktemp("report")
+    base = make_tiny_model(root / "base")
+    store, run_id = make_run(root, base)
+    evaluate_stage(str(store), run_id, "base", limit=2, max_new_tokens=4)
+    evaluate_stage(str(store), run_id, "grpo", limit=2, max_new_tokens=4)
+    write_report(RunRef(str(store), run_id))
+    return store, run_id, store / "runs" / run_id / REPORT_KEY
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    assert CHROMIUM, "chromium is needed to render the report (make setup installs Debian's chromium)"
+    with tempfile.TemporaryDirectory(prefix="ft-chromium-") as profile:
+        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=120)
+
+
+def test_report_is_self_contained(report: tuple[Path, str, Path]) -> None:
+    _, run_id, page = report
+    html = page.read_text()
+    assert f"Run report: {run_id}" in html
+    # Nothing to fetch: every src/href is inline, no scripts.
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs)
+    assert "<script" not in html
+    for title in ("Loss per stage", "GRPO reward (grpo)", "Evaluation across stages",
+                  "Token lengths (validation and test data)", "Time and cost per stage"):
+        assert f"<h3>{title}</h3>" in html
+
+
+@pytest.mark.integration
+def test_report_renders_in_headless_chromium(report: tuple[Path, str, Path], tmp_path: Path) -> None:
+    _, _, page = report
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    out = _chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri())
+    found = re.search(r"FT-PROBE (\{.*?\})", out.stdout)
+    assert found, f"no probe output; chromium said: {out.stderr[-2000:]}"
+    status = json.loads(found.group(1))
+    assert status == {"total": 5, "loaded": 5, "broken": []}
+
+    shot = tmp_path / "report.png"
+    _chromium("--window-size=1000,2600", f"--screenshot={shot}", page.as_uri())
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_ft_report_cli(report: tuple[Path, str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    store, run_id, _ = report
+    out = CliRunner().invoke(app, ["report", f"{store}/runs/{run_id}", "--out", str(tmp_path / "r.html")])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 5

@@ -1,0 +1,156 @@
+"""Serving: sky/serve.yaml parsed by SkyPilot's own schema, the envs and vLLM arguments derived from
+a run's spec and checked before launch, and `ft serve check` against an OpenAI-compatible server.
+vLLM itself needs a GPU, so the check runs against a small stand-in server started here that
+speaks the same two routes (/v1/models and /v1/chat/completions)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from jobs import serve
+from jobs.cli import app
+from trainer.spec import parse_spec
+
+SPEC = parse_spec({
+    "name": "math-gsm8k",
+    "model": {"base": "Qwen/Qwen2.5-Math-7B-Instruct", "dtype": "bfloat16"},
+    "data": {"task": "math", "sft_train": "sft.jsonl", "grpo_train": "grpo.jsonl", "test": "test.jsonl"},
+    "finetune": {"method": "qlora"},
+    "stages": [{"method": "sft", "max_length": 2048}, {"method": "grpo", "max_length": 3072}],
+}).resolved()
+INFO = {"run_id": "r1", "spec": SPEC,
+        "stages": {"sft": {"status": "done", "final": "runs/r1/sft/final"},
+                   "grpo": {"status": "done", "final": "runs/r1/grpo/final"}}}
+
+
+def test_envs_from_spec_adapter_on_base() -> None:
+    envs = serve.service_envs(INFO, "s3://bucket/ft")
+    assert envs == {"MAX_MODEL_LEN": "3072", "DTYPE": "bfloat16", "SERVED_MODEL_NAME": "math-gsm8k-grpo",
+                    "ADAPTER_NAME": "math-gsm8k-grpo", "MODEL_URI": "Qwen/Qwen2.5-Math-7B-Instruct",
+                    "ADAPTER_URI": "s3://bucket/ft/runs/r1/grpo/final"}
+    assert serve.check_envs(envs, lora_rank=64) == []
+    cmd = serve.vllm_command(envs)
+    assert cmd[:3] == ["vllm", "serve", "Qwen/Qwen2.5-Math-7B-Instruct"]
+    assert cmd[cmd.index("--max-model-len") + 1] == "3072" and cmd[cmd.index("--dtype") + 1] == "bfloat16"
+    assert "--enable-lora" in cmd and "math-gsm8k-grpo=/models/adapter" in cmd
+
+
+def test_envs_merged_and_full() -> None:
+    merged = serve.service_envs(INFO, "s3://bucket/ft", "sft", merged_uri="s3://bucket/ft/merged/r1")
+    assert merged["MODEL_URI"] == "s3://bucket/ft/merged/r1" and merged["ADAPTER_URI"] == ""
+    full = serve.service_envs({**INFO, "spec": {**SPEC, "finetune": {"method": "full"}}}, "s3://b", "sft")
+    assert full["MODEL_URI"] == "s3://b/runs/r1/sft/final" and full["ADAPTER_URI"] == ""
+    builtin = serve.service_envs({**INFO, "spec": {**SPEC, "model": {"base": "builtin:smollm2-135m"}}}, "s3://b")
+    assert builtin["MODEL_URI"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and builtin["DTYPE"] == "auto"
+
+
+def test_check_envs_catches_problems(tmp_path: Path) -> None:
+    envs = serve.service_envs(INFO, str(tmp_path / "store"))
+    problems = serve.check_envs({**envs, "DTYPE": "fp8", "MAX_MODEL_LEN": "0"}, lora_rank=1024,
+                                trust_remote_code=True)
+    text = "\n".join(problems)
+    assert "DTYPE 'fp8'" in text and "MAX_MODEL_LEN" in text and "local path" in text
+    assert "max_lora_rank" in text and "trust_remote_code" in text
+
+
+def test_serve_yaml_is_a_valid_skyserve_task() -> None:
+    import sky
+
+    config = serve.service_config(serve.service_envs(INFO, "s3://bucket/ft"), image="ft-vllm:0123456789abcdef")
+    task = sky.Task.from_yaml_config(config)
+    assert task.service is not None
+    assert task.service.readiness_path == "/v1/models"
+    assert task.service.min_replicas == 1 and task.service.max_replicas == 4
+    assert task.service.base_ondemand_fallback_replicas == 1 and task.service.dynamic_ondemand_fallback
+    res = next(iter(task.resources))
+    assert res.use_spot and res.extract_docker_image() == "ft-vllm:0123456789abcdef"
+    assert task.envs["ADAPTER_URI"] == "s3://bucket/ft/runs/r1/grpo/final"
+    assert "vllm-entrypoint.sh" in task.run
+    # The raw file needs MODEL_URI: SkyPilot refuses a null env that nobody supplied.
+    raw = yaml.safe_load(serve.SERVE_YAML.read_text())
+    with pytest.raises(ValueError, match="MODEL_URI"):
+        sky.Task.from_yaml_config(raw)
+    assert sky.Task.from_yaml_config(raw, env_overrides=[("MODEL_URI", "Qwen/Qwen2.5-7B-Instruct")]).service
+
+
+def test_ft_serve_dry_run_prints_checked_yaml(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (store / "runs" / "r1").mkdir(parents=True)
+    (store / "runs" / "r1" / "run.json").write_text(json.dumps(INFO))
+    out = CliRunner().invoke(app, ["serve", "r1", "--store", str(store), "--dry-run", "--image", "ft-vllm:t"])
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load(out.output.split("# vLLM:")[0])
+    assert config["envs"]["MAX_MODEL_LEN"] == "3072"
+    assert config["resources"]["image_id"] == "docker:ft-vllm:t"
+    # A local store cannot be reached from a cloud replica: flagged, and a real launch refuses.
+    assert "local path" in out.output
+    refused = CliRunner().invoke(app, ["serve", "r1", "--store", str(store), "--image", "ft-vllm:t"])
+    assert refused.exit_code == 1 and "local path" in refused.output
+
+
+class _StandIn(BaseHTTPRequestHandler):
+    """A minimal OpenAI-compatible server (what vLLM's would answer, minus the GPU)."""
+
+    seen: list[dict[str, Any]] = []
+
+    def _send(self, body: dict[str, Any], code: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
+        if self.path == "/v1/models":
+            self._send({"object": "list", "data": [{"id": "Qwen/Qwen2.5-Math-7B-Instruct"}, {"id": "math-grpo"}]})
+        else:
+            self._send({"error": "not found"}, 404)
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _StandIn.seen.append(body)
+        if body["model"] != "math-grpo":
+            self._send({"error": {"message": f"model {body['model']} does not exist"}}, 404)
+            return
+        self._send({"choices": [{"message": {"role": "assistant", "content": "12 * 7 = 84. #### 84"}}],
+                    "usage": {"prompt_tokens": 20, "completion_tokens": 9}})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def stand_in() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_serve_check_against_stand_in(stand_in: str) -> None:
+    result = serve.check_endpoint(stand_in)
+    assert result["model"] == "math-grpo"  # the adapter, listed after the base
+    assert result["answer"] == "12 * 7 = 84. #### 84" and result["latency_s"] > 0
+    assert _StandIn.seen[-1]["temperature"] == 0 and _StandIn.seen[-1]["messages"][0]["role"] == "user"
+    with pytest.raises(ConnectionError, match="HTTP 404"):
+        serve.check_endpoint(stand_in + "/v1", model="missing")
+
+    out = CliRunner().invoke(app, ["serve", "check", stand_in])
+    assert out.exit_code == 0, out.output
+    assert "math-grpo answered in" in out.output and "#### 84" in out.output
+
+
+def test_serve_check_unreachable() -> None:
+    out = CliRunner().invoke(app, ["serve", "check", "http://127.0.0.1:9"])
+    assert out.exit_code == 1 and "endpoint check failed" in out.output
