@@ -1,0 +1,445 @@
+"""`ft prototype`: LoRA SFT with mlx-lm's Python API from the spec, a quick base-vs-adapter evaluation
+with MLX generation and the trainer's metrics, and the results the bundle carries.
+
+outputs/mlx/<job>/
+  adapters/        mlx-lm's adapter (adapters.safetensors + adapter_config.json; `mlx_lm.generate --adapter-path`)
+  peft_adapter/    the same adapter in PEFT form, for `spec.model.base` (what `ft bundle` freezes)
+  metrics.json     losses, speed, memory, base vs adapter scores, the settings used
+  loss.png         the loss curve
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from mac import builtin
+from mac.adapter_convert import mlx_to_peft
+from trainer.spec import JobSpec, PrototypeSpec, SFTStage
+
+OUTPUT_ROOT = Path("outputs/mlx")
+
+
+class PrototypeError(RuntimeError):
+    pass
+
+
+@dataclass
+class PrototypeResult:
+    out_dir: Path
+    metrics: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ spec -> mlx-lm
+def resolve_model(spec: JobSpec, spec_dir: Path) -> str:
+    """The MLX model to load: a folder (relative to the spec's folder) or a Hub id."""
+    assert spec.prototype is not None
+    name = spec.prototype.model
+    path = Path(name).expanduser()
+    if not path.is_absolute():
+        path = spec_dir / path
+    if path.exists():
+        path = path.resolve()
+        return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
+    if name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
+        hint = f"ft mac convert {spec.model.base} {path}"
+        raise PrototypeError(f"prototype.model: {path} does not exist; make it with:  {hint}")
+    return name
+
+
+def linear_keys(model: Any) -> list[str]:
+    """Module paths (relative to a block) of every linear layer in the model's blocks."""
+    import mlx.nn as nn
+
+    keys: set[str] = set()
+    for layer in model.layers:
+        for name, module in layer.named_modules():
+            if isinstance(module, (nn.Linear, nn.QuantizedLinear)):
+                keys.add(name)
+    return sorted(keys)
+
+
+def mlx_keys(model: Any, target_modules: str | list[str]) -> list[str]:
+    """The spec's target modules as mlx-lm LoRA keys (PEFT semantics: a name matches a module path
+    equal to it or ending in `.name`; `all-linear` is every linear layer of the blocks)."""
+    available = linear_keys(model)
+    if target_modules == "all-linear":
+        return available
+    names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    top = {name for name, _ in model.named_modules()}
+    keys, missing = set(), []
+    for t in names:
+        hits = [k for k in available if k == t or k.endswith("." + t)]
+        if not hits and t in top:  # a module outside the blocks, e.g. lm_head
+            hits = [t]
+        if not hits:
+            missing.append(t)
+        keys.update(hits)
+    if missing:
+        raise PrototypeError(f"finetune.lora.target_modules: {', '.join(missing)} not in this model; "
+                             f"its block linear layers: {', '.join(available)}")
+    return sorted(keys)
+
+
+def lora_layer_count(spec: JobSpec, n_layers: int, notes: list[str]) -> int:
+    """LoRA on the last N blocks: the spec's explicit layers when they are a suffix, else prototype.num_layers."""
+    assert spec.prototype is not None
+    wanted = spec.finetune.lora.layers_to_transform
+    if wanted:
+        if sorted(wanted) == list(range(n_layers - len(wanted), n_layers)):
+            return len(wanted)
+        notes.append(f"layers_to_transform {wanted} is not a run of last layers; MLX uses the last "
+                     f"{spec.prototype.num_layers} (prototype.num_layers)")
+    n = spec.prototype.num_layers
+    if n == -1:
+        return n_layers
+    if n > n_layers:
+        notes.append(f"prototype.num_layers {n} > the model's {n_layers} layers; using all {n_layers}")
+        return n_layers
+    return n
+
+
+def sft_stage(spec: JobSpec) -> SFTStage | None:
+    return next((s for s in spec.stages if isinstance(s, SFTStage)), None)
+
+
+def memory_advice(proto: PrototypeSpec, model: str) -> list[str]:
+    """The guide's MLX out-of-memory remedies, with this spec's numbers."""
+    tips = []
+    if proto.batch_size > 1:
+        tips.append(f"prototype.batch_size: {proto.batch_size} → {max(1, proto.batch_size // 2)}")
+    if not proto.grad_checkpoint:
+        tips.append("prototype.grad_checkpoint: true (recomputes activations instead of storing them)")
+    if proto.num_layers == -1 or proto.num_layers > 4:
+        fewer = 8 if proto.num_layers == -1 else max(1, proto.num_layers // 2)
+        tips.append(f"prototype.num_layers: {proto.num_layers} → {fewer} (LoRA on fewer blocks)")
+    if proto.max_seq_length > 512:
+        tips.append(f"prototype.max_seq_length: {proto.max_seq_length} → {proto.max_seq_length // 2} "
+                    "(longer examples get truncated)")
+    if "4bit" not in model.lower() and "-4b" not in model.lower():
+        tips.append("a 4-bit model: `ft mac convert MODEL OUT --quantize 4`, or an mlx-community …-4bit id")
+    return tips
+
+
+def _looks_like_oom(err: BaseException) -> bool:
+    text = str(err).lower()
+    return isinstance(err, MemoryError) or any(s in text for s in ("alloc", "out of memory", "memory limit"))
+
+
+# ------------------------------------------------------------------------------------- data
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def _data_file(spec_dir: Path, rel: str | None, role: str) -> Path | None:
+    if not rel:
+        return None
+    path = (spec_dir / rel).resolve()
+    if not path.exists():
+        raise PrototypeError(f"data.{role}: {path} does not exist (run `ft data prepare` first)")
+    return path
+
+
+def load_sft_data(spec: JobSpec, spec_dir: Path, batch_size: int, notes: list[str]) -> tuple[list, list]:
+    train_path = _data_file(spec_dir, spec.data.sft_train, "sft_train")
+    if train_path is None:
+        raise PrototypeError("the prototype trains on data.sft_train; the spec names none")
+    train = read_jsonl(train_path)
+    valid_path = _data_file(spec_dir, spec.data.sft_valid, "sft_valid")
+    valid = read_jsonl(valid_path) if valid_path else []
+    if not valid:
+        hold = max(batch_size, len(train) // 10)
+        if len(train) - hold < batch_size:
+            raise PrototypeError(f"{len(train)} training rows: too few for batch_size {batch_size} plus validation")
+        train, valid = train[:-hold], train[-hold:]
+        notes.append(f"no data.sft_valid: validating on the last {hold} training rows")
+    for name, rows in (("sft_train", train), ("sft_valid", valid)):
+        if len(rows) < batch_size:
+            raise PrototypeError(f"data.{name}: {len(rows)} rows, fewer than prototype.batch_size {batch_size}")
+        if "messages" not in rows[0]:
+            raise PrototypeError(f"data.{name}: rows need a `messages` list (chat format)")
+    return train, valid
+
+
+def load_test_rows(path: Path, limit: int) -> list[dict]:
+    rows = []
+    for row in read_jsonl(path)[:limit]:
+        prompt = row.get("prompt", row.get("question"))
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or "answer" not in row:
+            raise PrototypeError(f"{path}: test rows need `prompt` (messages) and `answer`")
+        rows.append({"messages": prompt, "answer": row["answer"]})
+    return rows
+
+
+# --------------------------------------------------------------------------------- progress
+class ProgressCallback:
+    """mlx-lm TrainingCallback feeding a rich progress bar and keeping the loss history."""
+
+    def __init__(self, progress: Any, task: Any):
+        self.progress, self.task = progress, task
+        self.train: list[dict] = []
+        self.val: list[dict] = []
+
+    def _stats(self) -> str:
+        t = self.train[-1] if self.train else None
+        v = self.val[-1] if self.val else None
+        parts = [f"loss [bold]{t['train_loss']:.3f}[/]" if t else "loss –",
+                 f"val [bold]{v['val_loss']:.3f}[/]" if v else "val –"]
+        if t:
+            parts += [f"{t['tokens_per_second']:,.0f} tok/s", f"peak {t['peak_memory']:.2f} GB"]
+        return "  ".join(parts)
+
+    def on_train_loss_report(self, info: dict) -> None:
+        self.train.append(info)
+        self.progress.update(self.task, completed=info["iteration"], stats=self._stats())
+
+    def on_val_loss_report(self, info: dict) -> None:
+        self.val.append(info)
+        self.progress.update(self.task, stats=self._stats())
+
+
+def _make_progress(console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+
+
+@contextmanager
+def _quiet_mlx_ui():
+    """mlx-lm's trainer draws its own progress bar and warns about truncation on every batch; our bar
+    is fed by the callback instead and truncation is reported once, before training."""
+    from mlx_lm.tuner import trainer as mlx_trainer
+
+    ui, rprint = mlx_trainer.TrainUI, mlx_trainer.rprint
+    mlx_trainer.TrainUI = lambda total_iters, rank=0: ui(total_iters, rank=1)  # rank ≠ 0 draws nothing
+
+    def filtered(*args: Any, **kwargs: Any) -> None:
+        if not (args and "will be truncated" in str(args[0])):
+            rprint(*args, **kwargs)
+
+    mlx_trainer.rprint = filtered
+    try:
+        yield
+    finally:
+        mlx_trainer.TrainUI, mlx_trainer.rprint = ui, rprint
+
+
+def count_truncated(dataset: Any, max_len: int) -> int:
+    """Rows longer than max_seq_length (tokenizes every row once; mlx-lm's cache keeps the result)."""
+    return sum(len(dataset[i][0]) > max_len for i in range(len(dataset)))
+
+
+# ------------------------------------------------------------------------------- evaluation
+def _lora_layers(model: Any) -> list[Any]:
+    return [m for _, m in model.named_modules() if hasattr(m, "lora_a") and hasattr(m, "scale")]
+
+
+def generate_all(model: Any, tokenizer: Any, rows: list[dict], max_tokens: int, progress: Any, label: str) -> list[str]:
+    from mlx_lm import generate
+
+    outs = []
+    task = progress.add_task(label, total=len(rows), stats="")
+    for row in rows:
+        prompt = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, return_dict=False)
+        outs.append(generate(model, tokenizer, prompt, max_tokens=max_tokens, verbose=False))
+        progress.advance(task)
+    return outs
+
+
+def score(task: str, preds: list[str], rows: list[dict]) -> dict[str, Any]:
+    from trainer import metrics  # the trainer's own scoring, so Mac and GPU numbers are comparable
+
+    refs = [r["answer"] for r in rows]
+    if task == "gsm8k":
+        return metrics.gsm8k_scores(preds, refs)
+    return metrics.translation_scores(preds, refs, comet=False)
+
+
+def headline(scores: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy",) if scores.get("task") == "gsm8k" else ("bleu", "chrf", "ter")
+    return {k: scores.get(k) for k in keys} | {"n": scores.get("n")}
+
+
+# --------------------------------------------------------------------------------- plotting
+def plot_losses(train: list[dict], val: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot([t["iteration"] for t in train], [t["train_loss"] for t in train], label="train", lw=1.2)
+    if val:
+        ax.plot([v["iteration"] for v in val], [v["val_loss"] for v in val], "o-", label="validation", lw=1.5)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------- run
+def run_prototype(spec: JobSpec, spec_dir: Path, iters: int | None = None, max_samples: int | None = None,
+                  out_root: Path = OUTPUT_ROOT, console: Console | None = None) -> PrototypeResult:
+    """Train, evaluate and write `out_root/<job>/`. Raises PrototypeError with guidance on bad input or OOM."""
+    if spec.prototype is None:
+        raise PrototypeError("the spec has no `prototype:` section")
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    import numpy as np
+    from mlx_lm import load
+    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    console = console or Console()
+    proto = spec.prototype
+    spec_dir = Path(spec_dir)
+    notes: list[str] = []
+    iters = iters or proto.iters
+    samples = proto.eval_samples if max_samples is None else max_samples
+    stage = sft_stage(spec)
+    seed = stage.seed if stage else 42
+    model_name = resolve_model(spec, spec_dir)
+    out_dir = Path(out_root) / spec.name
+    adapters_dir, peft_dir = out_dir / "adapters", out_dir / "peft_adapter"
+    started = time.perf_counter()
+
+    train_rows, valid_rows = load_sft_data(spec, spec_dir, proto.batch_size, notes)
+    console.print(f"[bold]prototype[/] {spec.name}: {model_name}  ({len(train_rows)} train / {len(valid_rows)} "
+                  f"valid rows)")
+    model, tokenizer = load(model_name)
+    lora = spec.finetune.lora
+    num_layers = lora_layer_count(spec, len(model.layers), notes)
+    lora_parameters = {"rank": lora.r, "scale": lora.alpha / lora.r, "dropout": lora.dropout,
+                       "keys": mlx_keys(model, lora.target_modules)}
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+    mx.random.seed(seed)
+    np.random.seed(seed)
+    model.freeze()
+    linear_to_lora_layers(model, num_layers, lora_parameters)
+    for path in (adapters_dir, peft_dir):
+        if path.exists():
+            shutil.rmtree(path)
+    adapters_dir.mkdir(parents=True)
+    mlx_config = {"model": model_name, "fine_tune_type": "lora", "num_layers": num_layers,
+                  "lora_parameters": lora_parameters, "iters": iters, "batch_size": proto.batch_size,
+                  "learning_rate": proto.learning_rate, "max_seq_length": proto.max_seq_length,
+                  "grad_checkpoint": proto.grad_checkpoint, "mask_prompt": proto.mask_prompt, "seed": seed}
+    (adapters_dir / "adapter_config.json").write_text(json.dumps(mlx_config, indent=4) + "\n")
+
+    train_set = CacheDataset(ChatDataset(train_rows, tokenizer, mask_prompt=proto.mask_prompt))
+    valid_set = CacheDataset(ChatDataset(valid_rows, tokenizer, mask_prompt=proto.mask_prompt))
+    args = TrainingArgs(batch_size=proto.batch_size, iters=iters, val_batches=proto.val_batches,
+                        steps_per_report=1, steps_per_eval=min(proto.steps_per_eval, iters),
+                        steps_per_save=max(100, iters + 1), adapter_file=str(adapters_dir / "adapters.safetensors"),
+                        max_seq_length=proto.max_seq_length, grad_checkpoint=proto.grad_checkpoint)
+    long_rows = count_truncated(train_set, proto.max_seq_length)
+    if long_rows:
+        note = (f"{long_rows} of {len(train_set)} training rows are longer than prototype.max_seq_length "
+                f"({proto.max_seq_length}) and get truncated")
+        notes.append(note)
+        console.print(f"[yellow]note:[/] {note}")
+    progress = _make_progress(console)
+    with progress:
+        bar = progress.add_task("train", total=iters, stats="loss –  val –")
+        callback = ProgressCallback(progress, bar)
+        try:
+            with _quiet_mlx_ui():
+                train(model=model, optimizer=optim.Adam(learning_rate=proto.learning_rate), train_dataset=train_set,
+                      val_dataset=valid_set, args=args, training_callback=callback)
+        except (RuntimeError, MemoryError, ValueError) as e:
+            if _looks_like_oom(e):
+                tips = "\n  ".join(memory_advice(proto, model_name))
+                raise PrototypeError(f"MLX ran out of memory ({e}). Try, in the spec:\n  {tips}") from e
+            raise
+        train_seconds = time.perf_counter() - started
+
+        scores: dict[str, Any] = {}
+        eval_block: dict[str, Any] = {"n": 0}
+        test_path = _data_file(spec_dir, spec.data.test, "test")
+        task = spec.evaluation.task or ("gsm8k" if spec.data.task == "math" else "translation")
+        if samples > 0 and test_path is not None:
+            rows = load_test_rows(test_path, samples)
+            max_tokens = spec.evaluation.max_new_tokens
+            model.eval()
+            adapter_preds = generate_all(model, tokenizer, rows, max_tokens, progress, "eval adapter")
+            lora_layers = _lora_layers(model)
+            saved = [m.scale for m in lora_layers]
+            for m in lora_layers:
+                m.scale = 0.0  # the very same weights without the adapter: the base model
+            try:
+                base_preds = generate_all(model, tokenizer, rows, max_tokens, progress, "eval base")
+            finally:
+                for m, s in zip(lora_layers, saved, strict=True):
+                    m.scale = s
+            base_scores, adapter_scores = score(task, base_preds, rows), score(task, adapter_preds, rows)
+            scores = headline(adapter_scores)
+            eval_block = {
+                "task": task, "n": len(rows), "max_new_tokens": max_tokens, "decoding": "greedy",
+                "base": base_scores, "adapter": adapter_scores,
+                "samples": [{"prompt": r["messages"][-1]["content"], "answer": r["answer"], "base": b, "adapter": a}
+                            for r, b, a in zip(rows[:3], base_preds, adapter_preds, strict=False)],
+            }
+        elif samples > 0:
+            notes.append("no data.test: skipped the base-vs-adapter evaluation")
+
+    last_train = callback.train[-1] if callback.train else {}
+    last_val = callback.val[-1] if callback.val else {}
+    tps = [t["tokens_per_second"] for t in callback.train]
+    metrics = {
+        "job": spec.name,
+        "source": "mlx-lm prototype (ft prototype)",
+        "mlx_model": model_name,
+        "base_model": spec.model.base,
+        "task": task,
+        "settings": {"iters": iters, "batch_size": proto.batch_size, "learning_rate": proto.learning_rate,
+                     "num_layers": num_layers, "rank": lora.r, "alpha": lora.alpha, "scale": lora.alpha / lora.r,
+                     "dropout": lora.dropout, "keys": lora_parameters["keys"],
+                     "max_seq_length": proto.max_seq_length, "grad_checkpoint": proto.grad_checkpoint,
+                     "mask_prompt": proto.mask_prompt, "seed": seed},
+        "train": {"final_train_loss": last_train.get("train_loss"), "final_val_loss": last_val.get("val_loss"),
+                  "first_val_loss": callback.val[0]["val_loss"] if callback.val else None,
+                  "trained_tokens": last_train.get("trained_tokens"),
+                  "tokens_per_second": round(float(np.median(tps)), 1) if tps else None,
+                  "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3), "seconds": round(train_seconds, 1),
+                  "history": {"train": [{"iteration": t["iteration"], "loss": t["train_loss"]} for t in callback.train],
+                              "val": [{"iteration": v["iteration"], "loss": v["val_loss"]} for v in callback.val]}},
+        "scores": scores,
+        "eval": eval_block,
+        "notes": notes,
+    }
+    check_base = builtin.is_builtin(spec.model.base) or Path(spec.model.base).expanduser().exists()
+    metrics["peft"] = mlx_to_peft(adapters_dir, peft_dir, spec.model.base, check_base=check_base)
+    plot_losses(callback.train, callback.val, out_dir / "loss.png",
+                f"{spec.name}: mlx-lm LoRA on {Path(model_name).name}")
+    if not all(math.isfinite(t["train_loss"]) for t in callback.train):
+        notes.append("the training loss is not finite: lower prototype.learning_rate")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return PrototypeResult(out_dir, metrics, notes)
