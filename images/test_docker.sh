@@ -37,6 +37,10 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     say "making $BASE_IMAGE with debootstrap"
     rm -rf "$WORK/rootfs"
     debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
+    # Where this machine reaches the internet through a TLS-intercepting proxy, the host trusts the
+    # proxy's CA; the local base must too (the image's ca-certificates package picks these up).
+    mkdir -p "$WORK/rootfs/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$WORK/rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
     tar -C "$WORK/rootfs" -c . | docker import - "$BASE_IMAGE"
     rm -rf "$WORK/rootfs"
 fi
@@ -44,7 +48,28 @@ fi
 say "serving $(basename "$TORCH_WHEEL") on a local index"
 mkdir -p "$WORK/index/simple/torch"
 cp -u "$TORCH_WHEEL" "$WORK/index/simple/torch/"
-python3 -m http.server "$WHEEL_PORT" --bind 127.0.0.1 --directory "$WORK/index" >"$WORK/index.log" 2>&1 &
+# torch's own page is served from here; every other project (torch's dependencies) is redirected to
+# PyPI, as the PyTorch index itself serves them.
+python3 - "$WHEEL_PORT" "$WORK/index" >"$WORK/index.log" 2>&1 <<'PY' &
+import functools
+import http.server
+import sys
+
+
+class Index(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        parts = self.path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "simple" and parts[1] != "torch":
+            self.send_response(302)
+            self.send_header("Location", f"https://pypi.org/simple/{parts[1]}/")
+            self.end_headers()
+            return
+        super().do_GET()
+
+
+handler = functools.partial(Index, directory=sys.argv[2])
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
+PY
 INDEX_PID=$!
 trap 'kill $INDEX_PID 2>/dev/null || true' EXIT
 sleep 1
