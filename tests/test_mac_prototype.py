@@ -192,3 +192,16 @@ def test_smollm2_prototype_bundle_reproduces_mlx_logits(tmp_path):
 def test_repo_demo_spec_points_at_the_convert_output():
     spec = load_spec(REPO / "configs" / "demo.yaml")
     assert (REPO / "configs" / spec.prototype.model).resolve() == (REPO / "outputs/mlx/models/smollm2-135m").resolve()
+
+
+def test_translation_task_scores_with_sacrebleu(tiny, tmp_path):
+    hf, mlx = tiny
+    path = write_spec(tmp_path, str(mlx), str(hf))
+    spec_dict = yaml.safe_load(path.read_text())
+    spec_dict["data"]["task"] = "translation"
+    spec_dict["evaluation"]["task"] = "translation"
+    path.write_text(yaml.safe_dump(spec_dict))
+    m = run_prototype(load_spec(path), tmp_path, iters=1, max_samples=1, out_root=tmp_path / "out",
+                      console=quiet()).metrics
+    assert m["task"] == "translation" and set(m["scores"]) == {"bleu", "chrf", "ter", "n"}
+    assert m["eval"]["base"]["signatures"]["bleu"].startswith("nrefs:1")
