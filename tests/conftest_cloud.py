@@ -89,12 +89,17 @@ def write_catalog(runtime_dir: Path, rows: dict[str, list] | None = None) -> Pat
                          ("instance_quota_mapping.csv", "InstanceType,QuotaCode,SpotQuotaCode")):
         (root / "aws" / name).write_text(header + "\n")
     (root / "common").mkdir(parents=True, exist_ok=True)
-    accs = sorted({(r[1], c) for c, body in ROWS.items() for r in body})
+    # SkyPilot's accelerator registry: canonical names → the clouds offering them (a Python list literal).
+    names = {"aws": "AWS", "lambda": "Lambda", "runpod": "RunPod", "vast": "Vast"}
+    offered: dict[str, set[str]] = {}
+    for c, body in ROWS.items():
+        for r in body:
+            offered.setdefault(r[1], set()).add(names[c])
     with open(root / "common" / "accelerators.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["AcceleratorName", "Cloud"])
-        w.writerows(accs)
-    (root / "common" / "metadata.csv").write_text("AcceleratorName,MemoryGiB,Manufacturer\n")
+        w.writerow(["AcceleratorName", "Clouds"])
+        w.writerows((name, str(sorted(clouds))) for name, clouds in sorted(offered.items()))
+    (root / "common" / "metadata.csv").write_text("AcceleratorName,MemoryGB,Manufacturer\n")
     return root
 
 
@@ -113,6 +118,7 @@ def point_skypilot_at(monkeypatch, runtime_dir: Path) -> None:
     from sky.utils import accelerator_registry
 
     monkeypatch.setenv("SKY_RUNTIME_DIR", str(runtime_dir))
+    monkeypatch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")  # no usage pings to skypilot.co
     monkeypatch.setattr(common, "_ABSOLUTE_VERSIONED_CATALOG_DIR", str(catalog_dir(runtime_dir)))
     for name in CATALOG_MODULES:
         sys.modules.pop(name, None)

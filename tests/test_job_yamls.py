@@ -1,0 +1,175 @@
+"""The job YAMLs, sky/config.yaml and the accelerate/DeepSpeed configs, checked by the tools that
+consume them: SkyPilot's parser and schemas, bash, accelerate's and DeepSpeed's config classes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jobs import accelerate_config
+
+REPO = Path(__file__).resolve().parent.parent
+JOB_YAMLS = ["sft", "dpo", "grpo", "eval", "pipeline"]
+ENVS = {"BUNDLE": "s3://bucket/prefix/bundles/math-gsm8k-0123456789ab", "RUN_ID": "run-1"}
+
+
+def _raw(name: str) -> dict:
+    return yaml.safe_load((REPO / "jobs" / f"{name}.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", JOB_YAMLS)
+def test_job_yaml_is_a_valid_skypilot_task(name):
+    from sky.utils import common_utils, schemas
+
+    import sky
+
+    path = REPO / "jobs" / f"{name}.yaml"
+    text = path.read_text()
+    assert text.startswith("# ") and "sky jobs launch jobs/" in text.split("\nname:")[0]  # usage on top
+    raw = yaml.safe_load(text)
+    common_utils.validate_schema(raw, schemas.get_task_schema(), "invalid task: ")
+    common_utils.validate_schema({k: v for k, v in raw["resources"].items()}, schemas.get_resources_schema(),
+                                 "invalid resources: ")
+    with pytest.raises(ValueError, match="BUNDLE"):
+        sky.Task.from_yaml(str(path))  # BUNDLE has no default: it must be given
+    task = sky.Task.from_yaml_config(raw, env_overrides=ENVS,
+                                     secrets_overrides={"HF_TOKEN": "hf_x", "AWS_ACCESS_KEY_ID": "k"})
+    assert task.envs["BUNDLE"] == ENVS["BUNDLE"]
+    assert {"HF_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(task.secrets)
+    assert {"BUNDLE", "RUN_ID", "FT_STORE"} <= set(task.envs)
+    clouds = {str(r.cloud).lower() for r in task.resources}
+    assert clouds == {"aws", "lambda", "runpod", "vast"}
+    for r in task.resources:
+        assert r.extract_docker_image() is not None, "runs the GPU image"
+        assert r.job_recovery["recover_on_exit_codes"] == [75]
+        assert r.job_recovery["max_restarts_on_errors"] == 0  # bad input (exit 2) is not retried
+        if str(r.cloud).lower() == "lambda":
+            assert not r.use_spot  # Lambda has no spot
+        else:
+            assert r.use_spot
+    assert not task.file_mounts and not task.storage_mounts  # no bucket mounts: the trainer syncs itself
+
+
+def test_sky_config_is_valid_layered_config():
+    from sky.utils import common_utils, schemas
+
+    cfg = yaml.safe_load((REPO / "sky" / "config.yaml").read_text())
+    common_utils.validate_schema(cfg, schemas.get_config_schema(), "invalid sky/config.yaml: ")
+    assert set(cfg["allowed_clouds"]) == {"aws", "lambda", "runpod", "vast"}
+    assert any(o.startswith("--shm-size") for o in cfg["docker"]["run_options"])
+    assert cfg["jobs"]["controller"]["resources"]["infra"] == "aws"  # a cloud that can host controllers
+
+
+def _run_script(name: str, env: dict[str, str], tmp_path: Path) -> list[list[str]]:
+    """Run the YAML's `run:` with `python` and `accelerate` replaced by recorders; return their argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.jsonl"
+    for tool in ("python", "accelerate"):
+        shim = bin_dir / tool
+        shim.write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' {tool} \"$@\" >> {log}\nprintf '\\n' >> {log}\n"
+                        f"exit ${{SHIM_RC:-0}}\n")
+        shim.chmod(0o755)
+    raw = _raw(name)
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    full_env.update({k: "" if v is None else str(v) for k, v in raw["envs"].items()})
+    full_env.update(ENVS)
+    full_env.update(env)
+    proc = subprocess.run(["bash", "-c", raw["run"]], env=full_env, capture_output=True, text=True, timeout=60)
+    calls = []
+    if log.exists():
+        for line in log.read_text().splitlines():
+            if line:
+                calls.append([a for a in line.split("\0") if a])
+    return [proc.returncode, calls, proc.stderr]
+
+
+def test_run_script_single_gpu(tmp_path):
+    rc, calls, err = _run_script("sft", {"SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_NUM_NODES": "1"}, tmp_path)
+    assert rc == 0, err
+    assert calls == [["python", "-m", "trainer", "run", ENVS["BUNDLE"], "--run-id", "run-1", "--stage", "sft"]]
+
+
+def test_run_script_exit_code_passes_through(tmp_path):
+    rc, _, _ = _run_script("grpo", {"SHIM_RC": "75"}, tmp_path)
+    assert rc == 75  # what job_recovery.recover_on_exit_codes matches
+
+
+def test_run_script_multi_node(tmp_path):
+    env = {"SKYPILOT_NUM_GPUS_PER_NODE": "8", "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1",
+           "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6", "FT_STRATEGY": "deepspeed_zero3_offload"}
+    rc, calls, err = _run_script("pipeline", env, tmp_path)
+    assert rc == 0, err
+    acc = calls[0]
+    assert acc[0] == "accelerate" and acc[1] == "launch"
+    flags = " ".join(acc)
+    for part in ("--num_machines 2", "--machine_rank 1", "--main_process_ip 10.0.0.5", "--num_processes 16",
+                 "--use_deepspeed", "--zero_stage 3", "-m trainer run " + ENVS["BUNDLE"]):
+        assert part in flags
+    assert len(calls) == 1  # evaluation only on the head node (rank 0)
+
+
+def test_run_script_uses_accelerate_config_from_ft_launch(tmp_path):
+    from jobs.launch import accelerate_envs
+    from trainer.spec import parse_spec
+
+    spec = parse_spec({"name": "x", "model": {"base": "m-7B"}, "data": {"task": "math", "sft_train": "a"},
+                       "stages": [{"method": "sft"}], "distributed": {"strategy": "deepspeed_zero2"}})
+    env = {"SKYPILOT_NUM_GPUS_PER_NODE": "4", **accelerate_envs(spec)}
+    rc, calls, err = _run_script("sft", env, tmp_path)
+    assert rc == 0, err
+    assert "--config_file" in calls[0] and "--num_processes" in calls[0]
+    written = yaml.safe_load(Path("/tmp/ft-accelerate/accelerate.yaml").read_text())
+    assert written["distributed_type"] == "DEEPSPEED"
+    assert json.loads(Path("/tmp/ft-accelerate/deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
+
+
+def test_checked_in_accelerate_configs_are_current():
+    for name, text in accelerate_config.checked_in_files().items():
+        assert (REPO / "jobs" / "accelerate" / name).read_text() == text, f"regenerate: {name}"
+
+
+@pytest.mark.parametrize("strategy", accelerate_config.STRATEGIES)
+def test_accelerate_configs_load_in_accelerate(strategy, tmp_path):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+
+    path = accelerate_config.write_for_node(strategy, tmp_path, {"SKYPILOT_NUM_NODES": "2",
+                                                                 "SKYPILOT_NUM_GPUS_PER_NODE": "4",
+                                                                 "SKYPILOT_NODE_RANK": "1",
+                                                                 "SKYPILOT_NODE_IPS": "10.1.1.1\n10.1.1.2"})
+    cfg = load_config_from_file(str(path))
+    assert isinstance(cfg, ClusterConfig)
+    assert (cfg.num_machines, cfg.machine_rank, cfg.num_processes, cfg.main_process_ip) == (2, 1, 8, "10.1.1.1")
+    assert str(cfg.distributed_type).endswith(
+        {"ddp": "MULTI_GPU", "fsdp": "FSDP"}.get(strategy, "DEEPSPEED"))
+    if cfg.deepspeed_config:
+        assert Path(cfg.deepspeed_config["deepspeed_config_file"]).is_file()
+
+
+@pytest.mark.parametrize("strategy", list(accelerate_config.DEEPSPEED))
+def test_deepspeed_json_validated_by_deepspeed(strategy):
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig, ZeroStageEnum
+
+    cfg = json.loads((REPO / "jobs" / "accelerate" / accelerate_config.DS_FILES[strategy]).read_text())
+    # transformers replaces every "auto" from the TrainingArguments; do what it does, then let
+    # DeepSpeed's own config classes parse the result (world size 1, no process group needed).
+    resolved = json.loads(json.dumps(cfg).replace('"auto"', "null"))
+    resolved.update(train_micro_batch_size_per_gpu=4, gradient_accumulation_steps=4, train_batch_size=16,
+                    gradient_clipping=1.0, bf16={"enabled": True}, fp16={"enabled": False})
+    zero = resolved["zero_optimization"]
+    for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
+        if key in zero:
+            zero[key] = 50_000_000 if key != "stage3_param_persistence_threshold" else 40960
+    parsed_zero = DeepSpeedZeroConfig(**zero)
+    assert parsed_zero.stage == (ZeroStageEnum.gradients if strategy == "deepspeed_zero2" else ZeroStageEnum.weights)
+    if strategy == "deepspeed_zero3_offload":
+        assert parsed_zero.offload_optimizer.device == "cpu" and parsed_zero.offload_param.device == "cpu"
+    os.environ.setdefault("WORLD_SIZE", "1")
+    ds = DeepSpeedConfig(resolved)
+    assert ds.train_batch_size == 16 and ds.zero_optimization_stage == parsed_zero.stage
