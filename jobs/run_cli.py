@@ -1,9 +1,137 @@
-"""Commands of this area, registered on the `ft` app by jobs.cli."""
+"""Running bundles: `ft train` (in this process), `ft run --local|--docker`, and `ft demo`, the whole
+flow offline on a CPU with the built-in model."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import typer
+from rich.panel import Panel
+from rich.table import Table
+
+from jobs.console import console, fail
+
+DEMO_CONFIG = Path("configs/demo.yaml")
+DEMO_SAMPLE = Path("data/samples/gsm8k")
+DEMO_DATA = Path("data/processed/demo")
+
+
+def train(
+    bundle: str = typer.Argument(..., help="bundle folder or store URI"),
+    stage: str = typer.Option(None, help="run only this stage"),
+    run_id: str = typer.Option(None, help="default: $SKYPILOT_TASK_ID, else a new id"),
+    store: str = typer.Option(None, help="artifact store (default: $FT_STORE, else the spec's store.uri)"),
+) -> None:
+    """Run a bundle's stages in this process (what the CUDA image runs as `python -m trainer run`)."""
+    from trainer.run import main
+
+    argv = ["run", bundle] + (["--stage", stage] if stage else []) + (["--run-id", run_id] if run_id else []) \
+        + (["--store", store] if store else [])
+    raise typer.Exit(main(argv))
+
+
+def run(
+    bundle: str = typer.Argument(..., help="bundle folder or store URI"),
+    local: bool = typer.Option(False, "--local", help="run `python -m trainer` as a subprocess here"),
+    docker: bool = typer.Option(False, "--docker", help="run the GPU image on this machine"),
+    gpus: str = typer.Option(None, help="with --docker: `all`, or device ids (`0,1`)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the command instead of running it"),
+    stage: str = typer.Option(None, help="run only this stage"),
+    run_id: str = typer.Option(None, help="default: $SKYPILOT_TASK_ID, else a new id"),
+    store: str = typer.Option(None, help="artifact store (default: $FT_STORE, else the spec's store.uri)"),
+) -> None:
+    """Run a bundle on this machine: a subprocess (--local) or the GPU image (--docker). The
+    trainer's exit code is passed through (0 ok, 2 bad input, 75 retryable)."""
+    if local == docker:
+        fail("choose one of --local or --docker", 2)
+    extra = (["--stage", stage] if stage else []) + (["--run-id", run_id] if run_id else []) \
+        + (["--store", store] if store else [])
+    if docker:
+        from images.docker_run import format_docker_command, run_in_docker, run_request
+
+        request = run_request(bundle, gpus=gpus, trainer_args=extra)
+        if dry_run:
+            print(format_docker_command(request))
+            return
+        raise typer.Exit(run_in_docker(request))
+    cmd = [sys.executable, "-m", "trainer", "run", bundle, *extra]
+    if dry_run:
+        print(" ".join(cmd))
+        return
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def demo(
+    store: str = typer.Option("./outputs/store", help="local artifact store"),
+    fresh: bool = typer.Option(False, "--fresh", help="a new run id instead of continuing the last demo run"),
+) -> None:
+    """The main job on the embedded default, offline on a CPU: prepare the bundled GSM8K sample,
+    validate, bundle, SFT → DPO → GRPO on SmolLM2-135M, evaluate, report."""
+    from mac.data_prep import prepare_math
+    from mac.validate_job import validate_job
+    from trainer.bundle import write_bundle
+    from trainer.run import run_bundle
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.time()
+    console.rule("[bold]1/6 data[/]: the bundled GSM8K sample → SFT rows, DPO pairs, GRPO prompts")
+    prep = prepare_math(str(DEMO_SAMPLE), DEMO_DATA, limit=200, test_limit=50)
+    console.print(", ".join(f"{k}: {v}" for k, v in prep.counts.items()))
+
+    console.rule(f"[bold]2/6 validate[/] {DEMO_CONFIG}")
+    report = validate_job(DEMO_CONFIG)
+    console.print(f"{sum(r.rows for r in report.files)} rows in {len(report.files)} files: "
+                  f"{report.errors} errors, {report.warnings} warnings")
+    if report.errors:
+        for f in report.spec_findings + [f for r in report.files for f in r.findings][:20]:
+            console.print(f"[red]{f}[/]")
+        fail("the demo spec or data failed validation")
+
+    console.rule("[bold]3/6 bundle[/]")
+    bundle = write_bundle(report.spec, DEMO_CONFIG.parent, Path("outputs/bundles"),
+                          prototype_dir=Path("outputs/mlx") / report.spec.name)
+    console.print(f"bundle {bundle.bundle_id[:12]} → {bundle.path}")
+
+    console.rule("[bold]4/6 train[/]: SFT → DPO → GRPO (LoRA, CPU)")
+    run_id = f"demo-{bundle.bundle_id[:8]}" + (f"-{int(time.time())}" if fresh else "")
+    layout = run_bundle(str(bundle.path), run_id=run_id, store_uri=store)
+
+    console.rule("[bold]5/6 evaluate[/]: GSM8K accuracy, base model vs each stage")
+    from trainer.evaluate import evaluate_stage, write_comparison
+
+    for stage in ["base"] + [s.stage_name for s in report.spec.stages]:
+        result = evaluate_stage(layout.store.uri, layout.run_id, stage)
+        console.print(f"{stage:>6}: GSM8K accuracy {result['accuracy']:.1%} (n={result['n']})")
+    comparison = write_comparison(layout.store.uri, layout.run_id)
+
+    console.rule("[bold]6/6 report[/]")
+    from trainer.report import write_report
+    from trainer.run_refs import RunRef
+
+    report_uri = write_report(RunRef(layout.store.uri, layout.run_id))
+
+    table = Table(title=f"demo run {layout.run_id}")
+    for col in ("stage", "steps", "GSM8K accuracy", "output"):
+        table.add_column(col)
+    record = layout.read_run()
+    for row in comparison["rows"]:
+        stage = record["stages"].get(row["stage"], {})
+        table.add_row(row["stage"], str(stage.get("steps", "-")), f"{row.get('accuracy') or 0:.1%} (n={row.get('n')})",
+                      layout.store.url(stage["final"]) if stage else "")
+    console.print(table)
+    console.print(Panel.fit(
+        f"store     {layout.store.uri}\nrun       {layout.store.url(layout.root)}\nreport    {report_uri}\n"
+        f"bundle    {bundle.path}\ntook      {time.time() - started:.0f} s\n\n"
+        "A 135M model after a handful of CPU steps is not expected to solve GSM8K: the demo shows the flow.\n"
+        f"Next: ft eval {layout.store.url(layout.root)} --task gsm8k · ft merge … · ft launch configs/math_gsm8k.yaml",
+        title="done"))
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("train")(train)
+    app.command("run")(run)
+    app.command("demo")(demo)
