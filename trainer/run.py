@@ -167,6 +167,41 @@ def summary(layout: RunLayout) -> dict:
                        for k, v in record.get("stages", {}).items()}}
 
 
+def evaluate_run(bundle_uri: str, run_id: str | None = None, store_uri: str | None = None,
+                 stage: str | None = None, limit: int | None = None) -> RunLayout:
+    """Score the base model and every finished stage on the bundle's test set (and the spec's lm-eval
+    tasks), then store the comparison table and the report with the run."""
+    from trainer.evaluate import evaluate_stage, lm_eval_stage, write_comparison
+    from trainer.report import write_report
+    from trainer.run_refs import RunRef
+
+    bundle = fetch_bundle(bundle_uri, progress=False)
+    spec = bundle.spec
+    store = open_store(store_uri or os.environ.get("FT_STORE") or spec.store.uri)
+    layout = RunLayout(store, run_id or new_run_id(spec.name))
+    done = [name for name, info in layout.read_run().get("stages", {}).items() if info.get("status") == "done"]
+    if not done:
+        raise ValueError(f"run {layout.run_id} has no finished stage in {store.uri}")
+    stages = [stage] if stage else ["base", *done]
+    for name in stages:
+        result = evaluate_stage(store.uri, layout.run_id, name, limit=limit)
+        console.print(f"[bold]{name}[/]: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()
+                                                       if k in ("accuracy", "bleu", "chrf", "ter")))
+        if spec.evaluation.lm_eval_tasks and name != "base":
+            lm_eval_stage(store.uri, layout.run_id, name, spec.evaluation.lm_eval_tasks, limit=limit)
+    write_comparison(store.uri, layout.run_id)
+    write_report(RunRef(store.uri, layout.run_id))
+    return layout
+
+
+def _write_exit_code(code: int) -> int:
+    """Under `accelerate launch` every failure becomes exit 1; the job YAMLs read the real code here."""
+    path = os.environ.get("FT_EXIT_CODE_FILE")
+    if path and _state().is_main_process:
+        Path(path).write_text(str(code))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -178,19 +213,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Run a job bundle's training stages.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="pull, verify and run a bundle")
-    run.add_argument("bundle", help="bundle folder or store URI (s3://…/bundles/<name>-<id>)")
-    run.add_argument("--stage", help="run only this stage (earlier stages must be complete)")
-    run.add_argument("--run-id", help="default: $SKYPILOT_TASK_ID, else a new id")
-    run.add_argument("--store", help="artifact store URI (default: $FT_STORE, else the spec's store.uri)")
+    evaluate = sub.add_parser("eval", help="evaluate a run's stages on the bundle's test set, then write the report")
+    for p in (run, evaluate):
+        p.add_argument("bundle", help="bundle folder or store URI (s3://…/bundles/<name>-<id>)")
+        p.add_argument("--stage", help="only this stage (run: earlier stages must be complete)")
+        p.add_argument("--run-id", help="default: $SKYPILOT_TASK_ID, else a new id")
+        p.add_argument("--store", help="artifact store URI (default: $FT_STORE, else the spec's store.uri)")
+    evaluate.add_argument("--limit", type=int, help="test items (default: the spec's evaluation.limit)")
     args = parser.parse_args(argv)
     try:
-        layout = run_bundle(args.bundle, args.stage, args.run_id, args.store)
+        if args.command == "run":
+            layout = run_bundle(args.bundle, args.stage, args.run_id, args.store)
+        else:
+            layout = evaluate_run(args.bundle, args.run_id, args.store, args.stage, args.limit)
     except StoreUnavailable as e:
         console.print(f"[red]store unavailable (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
-        return EXIT_RETRYABLE
+        return _write_exit_code(EXIT_RETRYABLE)
     except (BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError) as e:
         console.print(f"[red]error (exit {EXIT_BAD_INPUT}):[/] {e}")
-        return EXIT_BAD_INPUT
+        return _write_exit_code(EXIT_BAD_INPUT)
     if _state().is_main_process:
         print(json.dumps(summary(layout)))
-    return EXIT_OK
+    return _write_exit_code(EXIT_OK)
