@@ -163,12 +163,14 @@ def run_request(
         "environment": environment,
         "labels": labels,
         "shm_size": SHM_SIZE,
-        # NVIDIA's recommended limits for PyTorch: pinned memory and deep CUDA graph stacks.
-        "ulimits": [Ulimit(name="memlock", soft=-1, hard=-1), Ulimit(name="stack", soft=67108864, hard=67108864)],
         "detach": True,
     }
     if gpus:
         request["device_requests"] = _device_requests(gpus)
+        # NVIDIA's recommended limits for PyTorch on GPUs: pinned host memory, deep CUDA graph stacks.
+        # Only with GPUs: a daemon without CAP_SYS_RESOURCE (rootless, nested) refuses them.
+        request["ulimits"] = [Ulimit(name="memlock", soft=-1, hard=-1),
+                              Ulimit(name="stack", soft=67108864, hard=67108864)]
     if _needs_host_network(env_in):
         request["network_mode"] = "host"
     if name:
@@ -241,8 +243,13 @@ def run_in_docker(request: Mapping[str, Any], out: Any = None) -> int:
         raise DockerRunError(f"image {request['image']} is not on this machine: build it with "
                              "`ft image build gpu` (or pull it from your registry)") from None
     _prepare_store(request)
-    container = client.containers.run(**{**dict(request), "detach": True})
+    # create, then start inside the try: a container the daemon fails to start is removed too.
+    container = client.containers.create(**{k: v for k, v in request.items() if k != "detach"})
     try:
+        try:
+            container.start()
+        except APIError as e:
+            raise DockerRunError(f"the container did not start: {e.explanation or e}") from None
         try:
             for chunk in container.logs(stream=True, follow=True):
                 out.write(chunk)

@@ -193,6 +193,7 @@ def test_run_request_mounts_the_bundle_read_only_with_gpus_and_a_non_root_user(b
     assert req["image"] == tags.image_ref("gpu")
     [gpu] = req["device_requests"]
     assert gpu["Count"] == -1 and gpu["Capabilities"] == [["gpu"]]
+    assert {u["Name"]: u["Soft"] for u in req["ulimits"]} == {"memlock": -1, "stack": 67108864}
     user = req["user"]
     assert user.split(":")[0] != "0"
     assert user == ("1000:1000" if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}")
@@ -221,7 +222,7 @@ def test_store_uri_comes_from_the_spec_or_the_environment(bundle: Path, tmp_path
     monkeypatch.chdir(tmp_path)  # the demo spec's store is ./outputs/store, relative to here
     req = run_request(bundle, None, environ={})
     assert req["volumes"][str(tmp_path / "outputs/store")]["bind"] == "/store"
-    assert "device_requests" not in req
+    assert "device_requests" not in req and "ulimits" not in req
     assert not (tmp_path / "outputs").exists()  # building the request changes nothing on disk
     req = run_request(bundle, None, environ={"FT_STORE": "s3://bucket/prefix"})
     assert req["environment"] == {"FT_STORE": "s3://bucket/prefix"}
