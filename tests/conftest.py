@@ -116,3 +116,74 @@ def write_spec(path: Path, text: str) -> Path:
 def copy_tree(src: Path, dest: Path) -> Path:
     shutil.copytree(src, dest)
     return dest
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 that can be cut: open connections are closed and new ones refused,
+    as when a network path to the store fails, while the server behind it keeps its state."""
+
+    def __init__(self, target_port: int):
+        import threading
+
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.alive = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while self.alive:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.alive:
+                client.close()
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.alive = False
+        self.listener.close()
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def cuttable_proxy():
+    proxies: list[CuttableProxy] = []
+
+    def make(port: int) -> CuttableProxy:
+        proxies.append(CuttableProxy(port))
+        return proxies[-1]
+
+    yield make
+    for p in proxies:
+        p.cut()
