@@ -207,6 +207,30 @@ def format_docker_command(request: Mapping[str, Any]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+def _can_read(path: Path, uid: int, gid: int) -> bool:
+    st = path.stat()
+    need = 0o5 if path.is_dir() else 0o4  # folders need r and x
+    if st.st_uid == uid:
+        return st.st_mode >> 6 & need == need
+    if st.st_gid == gid:
+        return st.st_mode >> 3 & need == need
+    return st.st_mode & need == need
+
+
+def _check_bundle_readable(request: Mapping[str, Any]) -> None:
+    """Fail here, with the fix, rather than with a PermissionError inside the container: a bundle
+    written by root into a private (0700) folder cannot be read by the image's non-root user."""
+    uid, gid = (int(x) for x in str(request.get("user") or IMAGE_USER).split(":"))
+    for source, mount in (request.get("volumes") or {}).items():
+        if mount["bind"] != BUNDLE_MOUNT:
+            continue
+        root = Path(source)
+        for path in (root, root / MANIFEST, root / SPEC_FILE):
+            if not _can_read(path, uid, gid):
+                raise DockerRunError(f"{path} is not readable by the container's user {uid}:{gid}: "
+                                     f"chmod -R a+rX {root}")
+
+
 def _prepare_store(request: Mapping[str, Any]) -> None:
     """Create a missing local store folder before the daemon does (it would make it root's), and make
     sure the container's user can write to it."""
@@ -242,6 +266,7 @@ def run_in_docker(request: Mapping[str, Any], out: Any = None) -> int:
     except ImageNotFound:
         raise DockerRunError(f"image {request['image']} is not on this machine: build it with "
                              "`ft image build gpu` (or pull it from your registry)") from None
+    _check_bundle_readable(request)
     _prepare_store(request)
     # create, then start inside the try: a container the daemon fails to start is removed too.
     container = client.containers.create(**{k: v for k, v in request.items() if k != "detach"})

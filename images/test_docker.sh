@@ -102,6 +102,9 @@ spec = parse_spec(raw, "configs/demo.yaml (test-docker)")
 print(write_bundle(spec, Path("configs"), Path(sys.argv[1])).path)
 EOF
 BUNDLE="$(cat "$WORK/bundle.txt")"
+# write_bundle makes its folder with mkdtemp (mode 0700); as root here, the container's user
+# (1000) could not read it. ft run --docker checks this and says so; here we just open it up.
+chmod -R a+rX "$BUNDLE"
 echo "$BUNDLE"
 
 say "ft run $BUNDLE --docker (image $IMAGE)"

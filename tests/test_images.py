@@ -336,3 +336,16 @@ def test_vllm_entrypoint_pulls_then_execs_vllm_with_lora(tmp_path: Path) -> None
     result = subprocess.run(["bash", str(ROOT / "images/vllm-entrypoint.sh")], env=env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 2 and "no complete artifact" in result.stderr
+
+
+def test_a_bundle_the_container_user_cannot_read_is_refused_before_the_run(bundle: Path, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    shutil.copytree(bundle, private / bundle.name)
+    target = private / bundle.name
+    req = run_request(target, None, image="x", hf_cache=None, store=str(tmp_path / "s"), environ={})
+    req["user"] = "4242:4242"  # someone else: needs the "other" bits
+    target.chmod(0o700)
+    with pytest.raises(DockerRunError, match="chmod -R a\\+rX"):
+        docker_run._check_bundle_readable(req)
+    target.chmod(0o755)
+    docker_run._check_bundle_readable(req)
