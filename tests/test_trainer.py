@@ -246,3 +246,35 @@ def test_store_cut_off_during_checkpoint_upload(uninterrupted, bundle_path, tmp_
     for step, files in by_step.items():
         if "_COMPLETE" in files:
             assert files - {"_COMPLETE"} >= expected, f"{step} has a marker but lacks files"
+
+
+REWARD_SPEC = """name: tiny-rm
+model: {{base: {model}}}
+data: {{task: math, sft_train: data/sft_train.jsonl, dpo_train: data/preference_pairs.jsonl,
+        grpo_train: data/grpo_prompts.jsonl}}
+finetune: {{method: lora, lora: {{r: 4, alpha: 8, dropout: 0.0}}}}
+stages:
+  - {{method: sft, max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, max_length: 256,
+      gradient_checkpointing: false, logging_steps: 1}}
+  - {{method: reward, max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, max_length: 256,
+      gradient_checkpointing: false, logging_steps: 1}}
+  - {{method: grpo, max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1,
+      num_generations: 2, max_completion_length: 8, gradient_checkpointing: false, logging_steps: 1,
+      rewards: [format], reward_model: reward}}
+"""
+
+
+def test_reward_model_stage_feeds_grpo(tmp_path, math_data, tiny_model_dir):
+    """The guide's PPO row: a RewardTrainer stage, then GRPO optimising against that reward model."""
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(math_data, tmp_path / "data")
+    (tmp_path / "job.yaml").write_text(REWARD_SPEC.format(model=tiny_model_dir))
+    bundle = write_bundle(load_spec(tmp_path / "job.yaml"), tmp_path, tmp_path / "bundles")
+    store = tmp_path / "store"
+    result = run_trainer(bundle.path, store, "rm", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reward_model = AutoModelForSequenceClassification.from_pretrained(store / "runs/rm/reward/final")
+    assert reward_model.config.num_labels == 1
+    grpo = [json.loads(line) for line in (store / "runs/rm/grpo/metrics.jsonl").open()]
+    assert any(k.startswith("rewards/") and "format_reward" not in k for m in grpo for k in m)

@@ -92,9 +92,16 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
     with state.local_main_process_first():
         init_from = _init_from(layout, bundle, stage, previous, work)
         resume = _resume_point(layout, name, output_dir, metrics_file)
+    reward_stage = getattr(stage, "reward_model", None)
+    if reward_stage in [s.stage_name for s in bundle.spec.stages]:
+        # `reward_model: <stage>` names a reward stage of this run: GRPO loads its merged model by path
+        with state.local_main_process_first():
+            path = _fetch_dir(layout, layout.final(reward_stage), work / reward_stage / "final")
+        stage = stage.model_copy(update={"reward_model": str(path)})
     if resume:
-        console.print(f"[bold]{name}[/]: resuming from {layout.store.url(resume.split('checkpoint-')[0])}"
-                      f"checkpoint {resume.rsplit('-', 1)[1]}")
+        step = int(resume.rsplit("-", 1)[1])
+        console.print(f"[bold]{name}[/]: resuming from checkpoint {step} "
+                      f"({layout.store.url(layout.checkpoint(name, step))})")
     ctx = StageContext(
         spec=bundle.spec, stage=stage, bundle=bundle, output_dir=output_dir, init_from=init_from,
         run_name=f"{layout.run_id}-{name}",
@@ -106,7 +113,11 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
     trainer = recipe.build(ctx)
     trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "final"
-    trainer.save_model(str(final))
+    if hasattr(recipe, "finalize"):  # e.g. the reward model merges its LoRA into a full model
+        if state.is_main_process:
+            recipe.finalize(trainer, final)
+    else:
+        trainer.save_model(str(final))
     steps = trainer.state.global_step
     if state.is_main_process:
         trainer.processing_class.save_pretrained(str(final))
@@ -156,7 +167,8 @@ def run_bundle(bundle_uri: str, stage: str | None = None, run_id: str | None = N
             console.print(f"[green]✓ {name}[/]: {steps} steps")
         elif selected:
             console.print(f"[dim]✓ {name}: already complete in {store.url(layout.final(name))}; skipped[/]")
-        previous = name
+        if s.method != "reward":  # a reward model is a side branch; the policy adapter continues past it
+            previous = name
     return layout
 
 
@@ -179,7 +191,8 @@ def evaluate_run(bundle_uri: str, run_id: str | None = None, store_uri: str | No
     spec = bundle.spec
     store = open_store(store_uri or os.environ.get("FT_STORE") or spec.store.uri)
     layout = RunLayout(store, run_id or new_run_id(spec.name))
-    done = [name for name, info in layout.read_run().get("stages", {}).items() if info.get("status") == "done"]
+    done = [name for name, info in layout.read_run().get("stages", {}).items()
+            if info.get("status") == "done" and info.get("method") != "reward"]  # a reward model does not generate
     if not done:
         raise ValueError(f"run {layout.run_id} has no finished stage in {store.uri}")
     stages = [stage] if stage else ["base", *done]

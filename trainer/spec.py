@@ -249,6 +249,11 @@ class JobSpec(Strict):
                 role = "grpo_train"  # prompts + reference answers are what on-policy pairs need
             if not getattr(self.data, role):
                 raise ValueError(f"stages[{i}] ({stage.method}) needs data.{role}")
+            names = [s.stage_name for s in self.stages]
+            if stage.method == "grpo" and stage.reward_model in names:
+                j = names.index(stage.reward_model)
+                if j >= i or self.stages[j].method != "reward":
+                    raise ValueError(f"stages[{i}].reward_model: {stage.reward_model!r} must name an earlier reward stage")
             if stage.method == "grpo" and "chrf" in stage.rewards and self.data.task != "translation":
                 raise ValueError(f"stages[{i}].rewards: chrf is a translation reward (data.task is {self.data.task})")
         if self.distributed.num_nodes > 1 and set(self.resources.clouds) & {"runpod", "vast"}:
