@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -44,7 +43,8 @@ DATA_CASES = [
     ("message-extra-key", "sft_train", j({"messages": [USER, {**ASSISTANT, "weight": 1}]}),
      "sft_train.jsonl:3: error: messages[1]: unknown keys ['weight']"),
     ("row-extra-key", "sft_train", j({**GOOD_SFT, "id": 7}), "sft_train.jsonl:3: error: unknown keys ['id']"),
-    ("bom", "sft_train", b"\xef\xbb\xbf" + j(GOOD_SFT).encode(), "sft_train.jsonl:1: error: starts with a UTF-8 byte-order"),
+    ("bom", "sft_train", b"\xef\xbb\xbf" + j(GOOD_SFT).encode(),
+     "sft_train.jsonl:1: error: starts with a UTF-8 byte-order"),
     ("dpo-same", "preference_pairs", j({"prompt": [USER], "chosen": [ASSISTANT], "rejected": [ASSISTANT]}),
      "preference_pairs.jsonl:3: error: chosen and rejected are identical"),
     ("dpo-no-rejected", "preference_pairs", j({"prompt": [USER], "chosen": [ASSISTANT]}),
@@ -59,7 +59,8 @@ DATA_CASES = [
     ("grpo-no-answer", "grpo_prompts", j({"prompt": [USER]}), "grpo_prompts.jsonl:3: error: answer: missing"),
     ("grpo-empty-answer", "grpo_prompts", j({"prompt": [USER], "answer": ""}),
      "grpo_prompts.jsonl:3: error: answer: missing or empty"),
-    ("grpo-prompt-missing", "grpo_prompts", j({"answer": "#### 5"}), "grpo_prompts.jsonl:3: error: missing key 'prompt'"),
+    ("grpo-prompt-missing", "grpo_prompts", j({"answer": "#### 5"}),
+     "grpo_prompts.jsonl:3: error: missing key 'prompt'"),
     ("test-leak", "sft_train", None, "sft_train.jsonl:3: error: this prompt is also in the test set"),
     ("empty-file", "sft_val", b"", "sft_val.jsonl: error: no rows"),
 ]

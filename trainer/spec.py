@@ -253,11 +253,14 @@ class JobSpec(Strict):
             if stage.method == "grpo" and stage.reward_model in names:
                 j = names.index(stage.reward_model)
                 if j >= i or self.stages[j].method != "reward":
-                    raise ValueError(f"stages[{i}].reward_model: {stage.reward_model!r} must name an earlier reward stage")
+                    raise ValueError(f"stages[{i}].reward_model: {stage.reward_model!r} must name an earlier "
+                                     "reward stage")
             if stage.method == "grpo" and "chrf" in stage.rewards and self.data.task != "translation":
-                raise ValueError(f"stages[{i}].rewards: chrf is a translation reward (data.task is {self.data.task})")
+                raise ValueError(f"stages[{i}].rewards: chrf is a translation reward "
+                                 f"(data.task is {self.data.task})")
         if self.distributed.num_nodes > 1 and set(self.resources.clouds) & {"runpod", "vast"}:
-            raise ValueError("distributed.num_nodes > 1 runs on aws or lambda only (RunPod and Vast have no multi-node)")
+            raise ValueError("distributed.num_nodes > 1 runs on aws or lambda only "
+                             "(RunPod and Vast have no multi-node)")
         return self
 
     def stage(self, name: str) -> StageBase:

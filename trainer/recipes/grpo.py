@@ -27,7 +27,10 @@ def build(ctx: StageContext):
     tokenizer = load_tokenizer_for(ctx)
     train = load_dataset_file(ctx.bundle.data_path("grpo_train")).select_columns(["prompt", "answer"])
     # TRL does not truncate GRPO prompts; drop the ones longer than the stage's max_length instead.
-    train = train.filter(lambda row: len(tokenizer.apply_chat_template(row["prompt"], tokenize=True)) <= stage.max_length)
+    def fits(row: dict) -> bool:
+        return len(tokenizer.apply_chat_template(row["prompt"], tokenize=True)) <= stage.max_length
+
+    train = train.filter(fits)
     rewards = reward_functions(stage.rewards)
     weights = list(stage.reward_weights) if stage.reward_weights else None
     if stage.reward_model:
