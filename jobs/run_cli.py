@@ -51,13 +51,17 @@ def run(
     extra = (["--stage", stage] if stage else []) + (["--run-id", run_id] if run_id else []) \
         + (["--store", store] if store else [])
     if docker:
-        from images.docker_run import format_docker_command, run_in_docker, run_request
+        from images.docker_run import DockerRunError, format_docker_command, run_in_docker, run_request
 
-        request = run_request(bundle, gpus=gpus, trainer_args=extra)
-        if dry_run:
-            print(format_docker_command(request))
-            return
-        raise typer.Exit(run_in_docker(request))
+        try:
+            request = run_request(bundle, gpus, stage=stage, run_id=run_id, store=store)
+            if dry_run:
+                print(format_docker_command(request))
+                return
+            code = run_in_docker(request)
+        except DockerRunError as e:
+            fail(str(e), 2)
+        raise typer.Exit(code)
     cmd = [sys.executable, "-m", "trainer", "run", bundle, *extra]
     if dry_run:
         print(" ".join(cmd))

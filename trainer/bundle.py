@@ -115,6 +115,7 @@ def write_bundle(spec: JobSpec, spec_dir: Path, out_dir: Path, prototype_dir: Pa
         manifest = {"format": FORMAT, "bundle_id": bundle_id, "name": spec.name, "files": files,
                     "provenance": _provenance()}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a container's non-root user must read the bundle
         final = out_dir / f"{spec.name}-{bundle_id[:12]}"
         if final.exists():
             existing = verify_bundle(final)  # same id = same content; keep the first copy

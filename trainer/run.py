@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     except StoreUnavailable as e:
         console.print(f"[red]store unavailable (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
         return _write_exit_code(EXIT_RETRYABLE)
-    except (BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError) as e:
+    except (BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError, PermissionError) as e:
         console.print(f"[red]error (exit {EXIT_BAD_INPUT}):[/] {e}")
         return _write_exit_code(EXIT_BAD_INPUT)
     if _state().is_main_process:
