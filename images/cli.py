@@ -4,8 +4,15 @@
 from __future__ import annotations
 
 import typer
+from rich.console import Console
 
-from jobs.console import console, fail
+console = Console()
+_err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 image_app = typer.Typer(help="The GPU and vLLM images: content-addressed tags, build, push.", no_args_is_help=True)
 
