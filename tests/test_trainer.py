@@ -59,8 +59,7 @@ def trainer_cmd(bundle: Path, store: Path, run_id: str, *extra: str) -> list[str
 
 
 def env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "FT_WORKDIR": str(tmp / "work"), "FT_CACHE": str(tmp / "cache"),
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {**os.environ, "FT_WORKDIR": str(tmp / "work"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def run_trainer(bundle: Path, store: Path, run_id: str, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -278,3 +277,75 @@ def test_reward_model_stage_feeds_grpo(tmp_path, math_data, tiny_model_dir):
     assert reward_model.config.num_labels == 1
     grpo = [json.loads(line) for line in (store / "runs/rm/grpo/metrics.jsonl").open()]
     assert any(k.startswith("rewards/") and "format_reward" not in k for m in grpo for k in m)
+
+
+VARIANT_SPEC = """name: tiny-variant
+model: {{base: {model}, attn_implementation: {attn}}}
+data: {{task: math, sft_train: data/sft_train.jsonl, grpo_train: data/grpo_prompts.jsonl}}
+finetune: {{method: {method}, lora: {{r: 4, alpha: 8, dropout: 0.0}},
+           quantization: {{load_in_4bit: true, quant_type: nf4, compute_dtype: float32}}}}
+stages:
+  - {{method: sft, max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1, max_length: 256,
+      gradient_checkpointing: false, logging_steps: 1}}
+  - {{method: dpo, pairs: on_policy, max_steps: 2, per_device_train_batch_size: 2, gradient_accumulation_steps: 1,
+      max_length: 256, gradient_checkpointing: false, logging_steps: 1,
+      on_policy: {{prompts: 4, samples_per_prompt: 2, max_new_tokens: 16}}}}
+"""
+
+
+def _variant(tmp_path: Path, math_data: Path, model: Path, method: str, attn: str = "auto") -> Path:
+    shutil.copytree(math_data, tmp_path / "data")
+    (tmp_path / "job.yaml").write_text(VARIANT_SPEC.format(model=model, method=method, attn=attn))
+    return write_bundle(load_spec(tmp_path / "job.yaml"), tmp_path, tmp_path / "bundles").path
+
+
+def test_qlora_sft_and_on_policy_dpo(tmp_path, math_data, tiny_model_dir):
+    """4-bit NF4 base (bitsandbytes' CPU backend) + LoRA; DPO pairs sampled from the SFT model."""
+    bundle = _variant(tmp_path, math_data, tiny_model_dir, "qlora")
+    result = run_trainer(bundle, tmp_path / "store", "q", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "store/runs/q/sft/final/adapter_config.json").read_text())
+    assert config["r"] == 4
+    record = json.loads((tmp_path / "store/runs/q/run.json").read_text())
+    assert record["stages"]["dpo"]["steps"] == 2
+
+
+def test_full_fine_tuning_writes_full_weights(tmp_path, math_data, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    bundle = _variant(tmp_path, math_data, tiny_model_dir, "full")
+    result = run_trainer(bundle, tmp_path / "store", "full", tmp_path, "--stage", "sft")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = tmp_path / "store/runs/full/sft/final"
+    assert not (final / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(final)
+    assert model.config.num_hidden_layers == 2
+
+
+def test_flash_attention_without_cuda_is_a_clear_bad_input(tmp_path, math_data, tiny_model_dir):
+    bundle = _variant(tmp_path, math_data, tiny_model_dir, "lora", attn="flash_attention_2")
+    result = run_trainer(bundle, tmp_path / "store", "fa", tmp_path)
+    assert result.returncode == 2
+    assert "flash_attention_2 needs CUDA" in result.stderr
+
+
+@pytest.mark.integration
+def test_smollm2_sft_through_the_trainer(tmp_path, math_data, smollm2_dir):
+    """The real SmolLM2-135M-Instruct (built-in GGUF) trains a few LoRA steps; its adapter loads with PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(math_data, tmp_path / "data")
+    (tmp_path / "job.yaml").write_text(
+        "name: smol\nmodel: {base: 'builtin:smollm2-135m'}\ndata: {task: math, sft_train: data/sft_train.jsonl}\n"
+        "finetune: {lora: {r: 8, alpha: 16}}\nstages:\n  - {method: sft, max_steps: 2, per_device_train_batch_size: 2,"
+        " gradient_accumulation_steps: 1, max_length: 192, gradient_checkpointing: false, logging_steps: 1}\n")
+    bundle = write_bundle(load_spec(tmp_path / "job.yaml"), tmp_path, tmp_path / "bundles").path
+    result = run_trainer(bundle, tmp_path / "store", "smol", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(smollm2_dir),
+                                      tmp_path / "store/runs/smol/sft/final")
+    assert model.peft_config["default"].r == 8
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "store/runs/smol/sft/metrics.jsonl").open()
+              if '"loss"' in line and "final" not in line]
+    assert len(losses) == 2 and all(0 < x < 5 for x in losses)  # an instruct model starts with a sane loss

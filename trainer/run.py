@@ -108,6 +108,11 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
         callbacks=[MetricsCallback(metrics_file, name),
                    StoreCheckpointCallback(layout, name, output_dir, stage.save_total_limit, metrics_file)],
     )
+    if os.environ.get("WANDB_API_KEY"):
+        # The run id comes from SKYPILOT_TASK_ID, so a recovered job continues the same W&B run.
+        os.environ["WANDB_RUN_ID"] = f"{layout.run_id}-{name}"
+        os.environ["WANDB_RESUME"] = "allow"
+        os.environ.setdefault("WANDB_PROJECT", "llm-finetuning")
     recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
     started = time.time()
     trainer = recipe.build(ctx)
