@@ -119,13 +119,17 @@ def demo(
     report_uri = write_report(RunRef(layout.store.uri, layout.run_id))
 
     table = Table(title=f"demo run {layout.run_id}")
-    for col in ("stage", "steps", "GSM8K accuracy", "output"):
+    for col in ("stage", "steps", "loss (first 3 → last 3 steps)", "reward mean", "GSM8K accuracy"):
         table.add_column(col)
     record = layout.read_run()
     for row in comparison["rows"]:
         stage = record["stages"].get(row["stage"], {})
-        table.add_row(row["stage"], str(stage.get("steps", "-")), f"{row.get('accuracy') or 0:.1%} (n={row.get('n')})",
-                      layout.store.url(stage["final"]) if stage else "")
+        logs = _train_logs(layout, row["stage"]) if stage else []
+        losses = [m["loss"] for m in logs if "loss" in m]
+        rewards = [m["reward_mean"] for m in logs if "reward_mean" in m]
+        table.add_row(row["stage"], str(stage.get("steps", "-")),
+                      _first_last(losses, "{:.3g}"), _first_last(rewards, "{:.3f}"),
+                      f"{row.get('accuracy') or 0:.1%} (n={row.get('n')})")
     console.print(table)
     console.print(Panel.fit(
         f"store     {layout.store.uri}\nrun       {layout.store.url(layout.root)}\nreport    {report_uri}\n"
@@ -133,6 +137,24 @@ def demo(
         "A 135M model after a handful of CPU steps is not expected to solve GSM8K: the demo shows the flow.\n"
         f"Next: ft eval {layout.store.url(layout.root)} --task gsm8k · ft merge … · ft launch configs/math_gsm8k.yaml",
         title="done"))
+
+
+def _first_last(values: list[float], fmt: str) -> str:
+    """Mean of the first and of the last three values: single steps are too noisy to compare."""
+    if not values:
+        return "-"
+    k = min(3, len(values))
+    return f"{fmt.format(sum(values[:k]) / k)} → {fmt.format(sum(values[-k:]) / k)}"
+
+
+def _train_logs(layout, stage: str) -> list[dict]:
+    import json
+
+    try:
+        lines = layout.store.read_text(layout.metrics(stage)).splitlines()
+    except FileNotFoundError:
+        return []
+    return [row for row in map(json.loads, lines) if not row.get("final")]
 
 
 def register(app: typer.Typer) -> None:
