@@ -14,6 +14,7 @@ from typing import Any
 import typer
 
 from jobs.console import console, fail
+from trainer.textio import read_lines
 
 STORE_OPT = typer.Option("./outputs/store", "--store", help="store holding runs named by bare id")
 STAGE_OPT = typer.Option(None, "--stage", "-s", help="stage name, `base` or `prototype` (default: last done)")
@@ -45,7 +46,7 @@ def _print_scores(result: dict[str, Any]) -> None:
 def _read_lines_or_jsonl(path: Path, field: str) -> list[str]:
     """Plain text (one item a line) or JSONL with `field` per line."""
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path):
         if path.suffix == ".jsonl":
             if line.strip():
                 row = json.loads(line)
@@ -63,8 +64,7 @@ def score_files(task: str, predictions: Path, references: Path, per_item: Path |
         refs = _read_lines_or_jsonl(references, "answer")
         result = metrics.gsm8k_scores(preds, refs)
     else:
-        hyps = predictions.read_text(encoding="utf-8").splitlines()
-        refs = references.read_text(encoding="utf-8").splitlines()
+        hyps, refs = read_lines(predictions), read_lines(references)
         result = metrics.translation_scores(hyps, refs, comet=False)
         result["items"] = [{"index": i, "prediction": h, "reference": r} for i, (h, r) in enumerate(zip(hyps, refs,
                                                                                                         strict=True))]

@@ -150,11 +150,13 @@ def _first_last(values: list[float], fmt: str) -> str:
 def _train_logs(layout, stage: str) -> list[dict]:
     import json
 
+    from trainer.textio import lines
+
     try:
-        lines = layout.store.read_text(layout.metrics(stage)).splitlines()
+        text = layout.store.read_text(layout.metrics(stage))
     except FileNotFoundError:
         return []
-    return [row for row in map(json.loads, lines) if not row.get("final")]
+    return [row for row in map(json.loads, lines(text)) if not row.get("final")]
 
 
 def register(app: typer.Typer) -> None:

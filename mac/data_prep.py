@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from trainer.textio import read_lines
+
 MATH_SYSTEM = (
     "You are a careful math tutor. Solve the problem step by step, then give the final answer "
     "on its own last line as '#### <number>'."
@@ -212,8 +214,7 @@ def _parallel_pairs(source: str, full: bool) -> tuple[list[tuple[str, str]], lis
                               "files, one sentence a line")
     pairs: list[tuple[str, str]] = []
     for ko_path, en_path in zip(ko_files, en_files, strict=True):
-        ko_lines = ko_path.read_text(encoding="utf-8").splitlines()
-        en_lines = en_path.read_text(encoding="utf-8").splitlines()
+        ko_lines, en_lines = read_lines(ko_path), read_lines(en_path)
         if len(ko_lines) != len(en_lines):
             raise DataSourceError(f"{ko_path} has {len(ko_lines)} lines but {en_path} has {len(en_lines)}")
         pairs += [(k.strip(), e.strip()) for k, e in zip(ko_lines, en_lines, strict=True) if k.strip() and e.strip()]

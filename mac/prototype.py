@@ -176,15 +176,12 @@ def load_sft_data(spec: JobSpec, spec_dir: Path, batch_size: int, notes: list[st
 
 
 def load_test_rows(path: Path, limit: int) -> list[dict]:
-    rows = []
-    for row in read_jsonl(path)[:limit]:
-        prompt = row.get("prompt", row.get("question"))
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or "answer" not in row:
-            raise PrototypeError(f"{path}: test rows need `prompt` (messages) and `answer`")
-        rows.append({"messages": prompt, "answer": row["answer"]})
-    return rows
+    from trainer.textio import load_test_rows as load_rows
+
+    try:
+        return load_rows(path)[:limit]
+    except ValueError as e:
+        raise PrototypeError(str(e)) from None
 
 
 # --------------------------------------------------------------------------------- progress

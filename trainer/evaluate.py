@@ -27,6 +27,7 @@ from trainer.run_refs import (
     stage_names,
 )
 from trainer.spec import JobSpec
+from trainer.textio import load_test_rows
 
 Task = Literal["gsm8k", "translation"]
 Backend = Literal["auto", "transformers", "vllm"]
@@ -35,23 +36,6 @@ HEADLINE = {"gsm8k": "accuracy", "translation": "bleu"}
 
 
 # ------------------------------------------------------------------------------------- data
-def load_test_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Test rows as `{"messages": [...], "answer": str}`. Accepts the bundle format (`prompt`:
-    a message list or a string) and raw GSM8K rows (`question`)."""
-    rows = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        prompt = row.get("prompt", row.get("question"))
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or "answer" not in row:
-            raise ValueError(f"{path}: each test row needs `prompt` (or `question`) and `answer`")
-        rows.append({"messages": prompt, "answer": row["answer"]})
-    return rows
-
-
 def task_of(spec: JobSpec) -> Task:
     if spec.evaluation.task:
         return spec.evaluation.task

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.run_refs import RunRef, load_run, read_jsonl, stage_names
+from trainer.textio import read_lines
 
 REPORT_KEY = "report/report.html"
 
@@ -79,7 +80,7 @@ def _token_lengths(data: ReportData) -> None:
         if path is None or not path.exists():
             continue
         counts = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in read_lines(path):
             if not line.strip():
                 continue
             row = json.loads(line)

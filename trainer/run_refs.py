@@ -16,6 +16,7 @@ from typing import Any
 
 from trainer.spec import JobSpec, parse_spec
 from trainer.store import LocalStore, Store, open_store
+from trainer.textio import lines
 
 # Pseudo-stages that every run can be evaluated at besides its trained stages.
 BASE_STAGE = "base"
@@ -129,7 +130,7 @@ def read_jsonl(store: Store, key: str) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     rows = []
-    for line in text.splitlines():
+    for line in lines(text):
         line = line.strip()
         if line:
             try:
