@@ -20,6 +20,13 @@ DEMO_SAMPLE = Path("data/samples/gsm8k")
 DEMO_DATA = Path("data/processed/demo")
 
 
+def prepare_demo_data(root: Path = Path(".")):
+    """The data `configs/demo.yaml` names: the bundled GSM8K sample, prepared as `ft data prepare` does."""
+    from mac.data_prep import prepare_math
+
+    return prepare_math(str(root / DEMO_SAMPLE), root / DEMO_DATA, limit=200, test_limit=50)
+
+
 def train(
     bundle: str = typer.Argument(..., help="bundle folder or store URI"),
     stage: str = typer.Option(None, help="run only this stage"),
@@ -75,7 +82,6 @@ def demo(
 ) -> None:
     """The main job on the embedded default, offline on a CPU: prepare the bundled GSM8K sample,
     validate, bundle, SFT → DPO → GRPO on SmolLM2-135M, evaluate, report."""
-    from mac.data_prep import prepare_math
     from mac.validate_job import validate_job
     from trainer.bundle import write_bundle
     from trainer.run import run_bundle
@@ -83,7 +89,7 @@ def demo(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.time()
     console.rule("[bold]1/6 data[/]: the bundled GSM8K sample → SFT rows, DPO pairs, GRPO prompts")
-    prep = prepare_math(str(DEMO_SAMPLE), DEMO_DATA, limit=200, test_limit=50)
+    prep = prepare_demo_data()
     console.print(", ".join(f"{k}: {v}" for k, v in prep.counts.items()))
 
     console.rule(f"[bold]2/6 validate[/] {DEMO_CONFIG}")

@@ -59,6 +59,16 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def demo_data() -> Path:
+    """configs/demo.yaml names data/processed/demo (git-ignored): prepare it as `ft demo` does, so tests
+    that read the demo spec pass in a fresh clone."""
+    from jobs.run_cli import DEMO_DATA, prepare_demo_data
+
+    prepare_demo_data(REPO)
+    return REPO / DEMO_DATA
+
+
 @pytest.fixture(scope="session")
 def math_data(tmp_path_factory) -> Path:
     """The bundled real GSM8K sample, prepared as the demo does (small)."""
