@@ -86,6 +86,8 @@ def demo(
     from trainer.bundle import write_bundle
     from trainer.run import run_bundle
 
+    if not DEMO_CONFIG.is_file() or not DEMO_SAMPLE.is_dir():
+        fail(f"{DEMO_CONFIG} or {DEMO_SAMPLE} not found: run `ft demo` (or `make demo`) from the repository root", 2)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.time()
     console.rule("[bold]1/6 data[/]: the bundled GSM8K sample → SFT rows, DPO pairs, GRPO prompts")
