@@ -37,9 +37,13 @@ def workdir_root() -> Path:
 
 
 def _state():
+    """The process's place in an `accelerate launch` group. On a machine without CUDA it must be asked
+    for the CPU backend (gloo): plain PartialState() there reports every rank as the main process."""
     from accelerate import PartialState
 
-    return PartialState()
+    from trainer.models import has_cuda
+
+    return PartialState(cpu=not has_cuda())
 
 
 def _fetch_dir(layout: RunLayout, key: str, local: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ class RunRef:
     store_uri: str
     run_id: str
 
-    @property
-    def store(self) -> Store:
+    @cached_property
+    def store(self) -> Store:  # one client per run reference, not one per call
         return open_store(self.store_uri)
 
     @property
