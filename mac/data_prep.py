@@ -70,6 +70,12 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
+def _write_files(out: Path, files: dict[str, Iterable[dict]]) -> dict[str, int]:
+    """Write each named JSONL file under `out`; returns the row count of each."""
+    out.mkdir(parents=True, exist_ok=True)
+    return {name: _write_jsonl(out / name, rows) for name, rows in files.items()}
+
+
 def _read_jsonl(path: Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -172,15 +178,14 @@ def prepare_math(source: str, out: Path, full: bool = False, limit: int | None =
     def prompt_row(r: dict) -> dict:
         return {"prompt": math_prompt(r["question"]), "answer": r["answer"]}
 
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {
-        "sft_train.jsonl": _write_jsonl(out / "sft_train.jsonl", map(sft, train)),
-        "sft_val.jsonl": _write_jsonl(out / "sft_val.jsonl", map(sft, val)),
-        "preference_pairs.jsonl": _write_jsonl(out / "preference_pairs.jsonl", map(pair, train)),
-        "preference_pairs_val.jsonl": _write_jsonl(out / "preference_pairs_val.jsonl", map(pair, val)),
-        "grpo_prompts.jsonl": _write_jsonl(out / "grpo_prompts.jsonl", map(prompt_row, train)),
-        "gsm8k_test.jsonl": _write_jsonl(out / "gsm8k_test.jsonl", map(prompt_row, test)),
-    }
+    counts = _write_files(out, {
+        "sft_train.jsonl": map(sft, train),
+        "sft_val.jsonl": map(sft, val),
+        "preference_pairs.jsonl": map(pair, train),
+        "preference_pairs_val.jsonl": map(pair, val),
+        "grpo_prompts.jsonl": map(prompt_row, train),
+        "gsm8k_test.jsonl": map(prompt_row, test),
+    })
     _write_config(out, "math", source, full, seed, counts, dupes + test_dupes, leaks)
     return PrepResult(out, counts, dupes + test_dupes, leaks)
 
@@ -250,13 +255,12 @@ def prepare_translation(source: str, out: Path, full: bool = False, limit: int |
     def prompt_row(r: dict) -> dict:
         return {"prompt": translation_prompt(r["ko"]), "answer": r["en"]}
 
-    out.mkdir(parents=True, exist_ok=True)
-    counts = {
-        "train.jsonl": _write_jsonl(out / "train.jsonl", map(sft, train)),
-        "val.jsonl": _write_jsonl(out / "val.jsonl", map(sft, val)),
-        "grpo_prompts.jsonl": _write_jsonl(out / "grpo_prompts.jsonl", map(prompt_row, train)),
-        "test.jsonl": _write_jsonl(out / "test.jsonl", map(prompt_row, test_rows)),
-    }
+    counts = _write_files(out, {
+        "train.jsonl": map(sft, train),
+        "val.jsonl": map(sft, val),
+        "grpo_prompts.jsonl": map(prompt_row, train),
+        "test.jsonl": map(prompt_row, test_rows),
+    })
     _write_config(out, "translation", source, full, seed, counts, dupes, leaks)
     return PrepResult(out, counts, dupes, leaks)
 
