@@ -136,7 +136,7 @@ def demo(
         losses = [m["loss"] for m in logs if "loss" in m]
         rewards = [m["reward_mean"] for m in logs if "reward_mean" in m]
         table.add_row(row["stage"], str(stage.get("steps", "-")),
-                      _first_last(losses, "{:.3g}"), _first_last(rewards, "{:.3f}"),
+                      _first_last(losses, "{:.4g}"), _first_last(rewards, "{:.3f}"),
                       f"{row.get('accuracy') or 0:.1%} (n={row.get('n')})")
     console.print(table)
     console.print(Panel.fit(
