@@ -76,11 +76,14 @@ def test_trainer_sees_one_main_process_under_accelerate_launch(tmp_path):
     """Plain `PartialState()` on a CPU-only machine reports every rank as the main process, and then two
     ranks write run.json and upload checkpoints at once; the trainer asks for the CPU backend."""
     script = tmp_path / "probe.py"
-    script.write_text("from trainer.run import _state\ns = _state()\n"
-                      "print('PROBE', s.distributed_type, s.process_index, s.num_processes, s.is_main_process)\n")
+    # each rank writes its own file: two processes printing to one pipe interleave their lines
+    script.write_text("import pathlib, sys\nfrom trainer.run import _state\ns = _state()\n"
+                      "pathlib.Path(sys.argv[1], f'rank{s.process_index}').write_text("
+                      "f'{s.distributed_type} {s.process_index} {s.num_processes} {s.is_main_process}')\n")
     accelerate = Path(sys.executable).with_name("accelerate")
-    out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-                          str(_free_port()), str(script)], cwd=REPO, capture_output=True, text=True, timeout=300,
+    out = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+                          str(script), str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)})
-    probes = sorted(line.split("PROBE ", 1)[1] for line in (out.stdout + out.stderr).splitlines() if "PROBE " in line)
+    probes = sorted(p.read_text() for p in tmp_path.glob("rank*"))
     assert probes == ["DistributedType.MULTI_CPU 0 2 True", "DistributedType.MULTI_CPU 1 2 False"], out.stderr[-2000:]
