@@ -349,3 +349,26 @@ def test_smollm2_sft_through_the_trainer(tmp_path, math_data, smollm2_dir):
     losses = [json.loads(line)["loss"] for line in (tmp_path / "store/runs/smol/sft/metrics.jsonl").open()
               if '"loss"' in line and "final" not in line]
     assert len(losses) == 2 and all(0 < x < 5 for x in losses)  # an instruct model starts with a sane loss
+
+
+def test_preempted_after_the_last_checkpoint_trains_no_extra_step(uninterrupted, bundle_path, tmp_path):
+    """A kill between the last checkpoint and the final upload: the restart finishes from that
+    checkpoint with exactly max_steps and the same weights (the HF Trainer alone would run one step more)."""
+    import torch
+
+    straight_store, _ = uninterrupted
+    for stage, steps in (("sft", STEPS["sft"]), ("grpo", STEPS["grpo"])):
+        store = tmp_path / stage / "store"
+        run = store / "runs/last"
+        if stage == "grpo":  # earlier stages complete, as after a kill during GRPO
+            for done in ("sft", "dpo"):
+                shutil.copytree(straight_store / "runs/straight" / done, run / done)
+        shutil.copytree(straight_store / "runs/straight" / stage / "checkpoints" / str(steps),
+                        run / stage / "checkpoints" / str(steps))
+        result = run_trainer(bundle_path, store, "last", tmp_path / stage)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"checkpoint {steps}" in result.stderr
+        assert json.loads((run / "run.json").read_text())["stages"][stage]["steps"] == steps
+        a, b = final_weights(straight_store, "straight", stage), final_weights(store, "last", stage)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key])

@@ -83,6 +83,15 @@ def _resume_point(layout: RunLayout, stage: str, output_dir: Path, metrics_file:
     return str(local)
 
 
+def _finished(checkpoint: Path) -> bool:
+    """Whether a checkpoint was saved at the stage's last optimizer step."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
+
+
 def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, record: dict) -> int:
     from trainer.callbacks import MetricsCallback, StoreCheckpointCallback
     from trainer.recipes.common import StageContext
@@ -120,7 +129,15 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
     recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
     started = time.time()
     trainer = recipe.build(ctx)
-    trainer.train(resume_from_checkpoint=resume)
+    if resume and _finished(Path(resume)):
+        # Preempted after the last checkpoint but before the final upload. Resuming would run one
+        # step past max_steps (the Trainer checks the limit only after a step): load it instead.
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(resume)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    else:
+        trainer.train(resume_from_checkpoint=resume)
     final = output_dir / "final"
     if hasattr(recipe, "finalize"):  # e.g. the reward model merges its LoRA into a full model
         if state.is_main_process:
