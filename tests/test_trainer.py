@@ -120,20 +120,18 @@ def test_finished_stages_are_not_rerun(uninterrupted, bundle_path, tmp_path):
     assert (store / "runs/straight/run.json").read_text() == before
 
 
-def _kill_after_checkpoint(proc: subprocess.Popen, store: Path, run_id: str, stage: str, rng: random.Random) -> int:
-    """Wait for a complete checkpoint of `stage`, then kill -9 at a random moment after it."""
-    ckpts = store / "runs" / run_id / stage / "checkpoints"
+def _kill_at_checkpoint(proc: subprocess.Popen, store: Path, run_id: str, stage: str, step: int) -> None:
+    """kill -9 the trainer as soon as `stage`'s checkpoint `step` is complete in the store."""
+    marker = store / "runs" / run_id / stage / "checkpoints" / str(step) / "_COMPLETE"
     deadline = time.time() + 600
     while time.time() < deadline:
-        done = [int(p.parent.name) for p in ckpts.glob("*/_COMPLETE")] if ckpts.exists() else []
-        if done:
-            time.sleep(rng.uniform(0.0, 1.0))
+        if marker.exists():
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            return max(done)
+            return
         if proc.poll() is not None:
-            raise AssertionError(f"trainer ended before a {stage} checkpoint: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.05)
+            raise AssertionError(f"trainer ended before {stage} checkpoint {step}: {proc.stderr.read()[-2000:]}")
+        time.sleep(0.01)
     raise AssertionError("no checkpoint appeared")
 
 
@@ -143,10 +141,13 @@ def test_kill_9_in_each_stage_then_resume(uninterrupted, bundle_path, tmp_path):
     straight_store, _ = uninterrupted
     store = tmp_path / "store"
     rng = random.Random(os.getpid())
+    save_every = {"sft": 2, "dpo": 1, "grpo": 1}
     for stage in STEPS:
+        # a random checkpoint before the last one, so the stage is always cut off mid-way
+        step = rng.choice(range(save_every[stage], STEPS[stage], save_every[stage]))
         proc = subprocess.Popen(trainer_cmd(bundle_path, store, "preempted"), env=env(tmp_path),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _kill_after_checkpoint(proc, store, "preempted", stage, rng)
+        _kill_at_checkpoint(proc, store, "preempted", stage, step)
         assert not (store / "runs/preempted" / stage / "final" / "_COMPLETE").exists()
     result = run_trainer(bundle_path, store, "preempted", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -158,7 +159,8 @@ def test_kill_9_in_each_stage_then_resume(uninterrupted, bundle_path, tmp_path):
     for stage in ("sft", "dpo"):
         a, b = final_weights(straight_store, "straight", stage), final_weights(store, "preempted", stage)
         for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5,
+                                       msg=lambda m, s=stage, k=key: f"{s} {k}: {m}")
     metrics = [json.loads(line) for line in (store / "runs/preempted/sft/metrics.jsonl").open()]
     steps = [m["step"] for m in metrics if "loss" in m and not m.get("final")]
     assert steps == list(range(1, STEPS["sft"] + 1))  # each step logged exactly once across the restarts

@@ -1,5 +1,5 @@
-"""DPO with TRL's DPOTrainer, continuing the previous stage's adapter. Under LoRA the reference
-model is the frozen base (the adapter disabled), so no second copy sits in memory.
+"""DPO with TRL's DPOTrainer, continuing the previous stage's adapter. The reference is a frozen copy
+of that adapter (TRL's "ref" adapter: the SFT model), not a second copy of the base in memory.
 
 Pairs come from the bundle, or are built on-policy: sample the current model on training prompts
 and pair the reference solution (chosen) with a sampled solution whose answer is wrong (rejected)."""
@@ -58,5 +58,28 @@ def build(ctx: StageContext):
     else:
         train = load_dataset_file(ctx.bundle.data_path("dpo_train"))
     config = DPOConfig(**common_args(ctx), beta=stage.beta, loss_type=[stage.loss_type], max_length=stage.max_length)
-    return DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, processing_class=tokenizer,
-                      peft_config=peft_config, callbacks=ctx.callbacks)
+    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=ctx.callbacks)
+    _keep_reference_on_resume(trainer)
+    return trainer
+
+
+def _keep_reference_on_resume(trainer) -> None:
+    """Continuing an adapter, TRL trains against a frozen copy of it (the PEFT adapter "ref"). Loading a
+    checkpoint to resume overwrites that copy with the checkpoint's trained weights, so after a
+    preemption the reference would silently become the policy at the checkpoint. Put it back."""
+    ref = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if ".ref." in name}
+    if not ref:
+        return
+    load = trainer._load_from_checkpoint
+
+    def load_keeping_reference(*args, **kwargs):
+        load(*args, **kwargs)
+        import torch
+
+        params = dict(trainer.model.named_parameters())
+        with torch.no_grad():
+            for name, value in ref.items():
+                params[name].copy_(value)
+
+    trainer._load_from_checkpoint = load_keeping_reference
