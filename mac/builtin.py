@@ -13,7 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-BUILTIN_MODEL = "builtin:smollm2-135m"  # same string as trainer.spec.BUILTIN_MODEL
+from trainer.spec import BUILTIN_MODEL, builtin_model_dir
+
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -40,7 +41,7 @@ def gguf_location() -> tuple[Path, str]:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("FT_CACHE", Path.home() / ".cache" / "ft")) / "mac" / "smollm2-135m-hf"
+    return builtin_model_dir()  # the trainer's converted copy too: one conversion per machine
 
 
 def load_tokenizer():

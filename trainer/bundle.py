@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from trainer.spec import JobSpec, parse_spec
-from trainer.store import MARKER, open_store, sha256_file, split_uri
+from trainer.store import MARKER, cache_root, open_store, sha256_file, split_uri
 
 MANIFEST = "manifest.json"
 SPEC_FILE = "spec.yaml"
@@ -181,7 +181,7 @@ def fetch_bundle(uri: str, cache_dir: Path | None = None, progress: bool = True)
     store, name = split_uri(uri)
     if not store.is_complete(name):
         raise BundleError(f"{uri}: no complete bundle there (no {MARKER} marker)")
-    cache = Path(cache_dir or os.environ.get("FT_CACHE", Path.home() / ".cache" / "ft")) / "bundles" / name
+    cache = Path(cache_dir or cache_root()) / "bundles" / name
     if cache.exists():
         try:
             return verify_bundle(cache)

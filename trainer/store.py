@@ -29,6 +29,11 @@ SHA_META = "sha256"  # S3 object metadata key holding the content hash (idempote
 CHUNK = 8 * 1024 * 1024
 
 
+def cache_root() -> Path:
+    """Where local copies live (bundles, runs, the built-in model): $FT_CACHE, else ~/.cache/ft."""
+    return Path(os.environ.get("FT_CACHE", Path.home() / ".cache" / "ft"))
+
+
 class StoreUnavailable(RuntimeError):
     """The store could not be reached (network, endpoint down). Retryable: the trainer exits with
     EXIT_RETRYABLE so SkyPilot's job recovery starts it again."""
