@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from jobs.console import console, fail
@@ -42,21 +43,35 @@ def _load(config: Path):
         fail(str(e), 1)
 
 
+def _region(o) -> str:
+    return o.region + (f" (+{o.other_regions})" if o.other_regions else "")
+
+
+def _parts_cell(o) -> str:
+    """Hours of the offer's parts: training + generation + evaluation + setup (loads, uploads, spot)."""
+    p = o.parts or {}
+    setup = sum(v for k, v in p.items() if k not in ("training", "generation", "evaluation"))
+    return "+".join(f"{v:.1f}" for v in (p.get("training", 0), p.get("generation", 0), p.get("evaluation", 0),
+                                          setup))
+
+
 def _offers_table(offers, with_cost: bool) -> Table:
     table = Table(show_lines=False, header_style="bold")
-    for col in ("cloud", "enabled", "instance type", "GPU", "GPU mem", "region", "spot", "$/h"):
+    for col in ("cloud", "enabled", "instance type", "GPU", "GPU mem", "region (+ others)", "spot", "$/h"):
         table.add_column(col, justify="right" if col in ("GPU mem", "$/h") else "left")
     if with_cost:
         table.add_column("est. hours", justify="right")
+        table.add_column("train+gen+eval+setup h", justify="right")
         table.add_column("est. $ job", justify="right")
     for o in offers:
         enabled = "?" if o.enabled is None else ("yes" if o.enabled else "no")
         price = f"{o.price_per_hour:.2f}" if o.price_per_hour is not None else "[yellow]unknown[/]"
-        row = [o.cloud, enabled, o.instance_type, f"{o.accelerator} × {o.count}",
-               f"{o.gpu_memory_gib:.0f} GiB" if o.gpu_memory_gib else "?", o.region, "spot" if o.spot else "on-demand",
-               price]
+        gpus = f"{o.accelerator} × {o.count}" + (f" × {o.nodes} nodes" if o.nodes > 1 else "")
+        row = [o.cloud, enabled, o.instance_type, gpus,
+               f"{o.gpu_memory_gib:.0f} GiB" if o.gpu_memory_gib else "?", _region(o),
+               "spot" if o.spot else "on-demand", price]
         if with_cost:
-            row += [f"{o.est_hours:.1f}" if o.est_hours is not None else "",
+            row += [f"{o.est_hours:.1f}" if o.est_hours is not None else "", _parts_cell(o),
                     f"{o.est_cost:.2f}" if o.est_cost is not None else "unknown"]
         table.add_row(*row)
     return table
@@ -72,16 +87,54 @@ def _print_table(table: Table) -> None:
         Console(width=200, file=console.file, no_color=console.no_color).print(table)
 
 
-def _estimate_lines(spec, spec_dir: Path) -> list[str]:
+def _estimate_lines(spec, spec_dir: Path, job) -> list[str]:
     from jobs import gpu_fit
 
-    est = gpu_fit.estimate(spec, spec_dir)
+    est = gpu_fit.estimate(spec, spec_dir, shape=job.shape)
     lines = [f"model {spec.model.base}: {est.params_b:.2f}B parameters ({est.shape_source}), "
              f"finetune {spec.finetune.method}, strategy {spec.distributed.strategy}"]
     for s in est.stages:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in s.parts.items())
         lines.append(f"  {s.stage} ({s.method}): ~{s.per_gpu_gib:.1f} GiB on one GPU  [{parts}]")
+    lines.append("work (any GPU; FLOPs = 6·N per token full, 4·N LoRA/QLoRA, +2·N recompute, + reference forward):")
+    lines += job.flops_summary()
     return lines
+
+
+def _headline(offers, fastest: bool) -> str | None:
+    """The answer first: the cheapest (or quickest) whole job and its parts."""
+    priced = [o for o in offers if o.est_cost is not None]
+    if not priced:
+        return None
+    o = priced[0]
+    parts = ", ".join(f"{k} {v:.2f} h" for k, v in (o.parts or {}).items() if v >= 0.005)
+    what = "quickest" if fastest else "cheapest"
+    nodes = f" × {o.nodes} nodes" if o.nodes > 1 else ""
+    text = (f"{o.accelerator} × {o.count}{nodes} on {o.cloud} {o.region}{' spot' if o.spot else ''} "
+            f"({o.instance_type}), about {o.est_hours:.1f} hours and ${o.est_cost:,.2f} at "
+            f"${o.price_per_hour:.2f}/h  [{parts}]")
+    return f"[bold]{what} whole job:[/] {escape(text)}"
+
+
+def _job_or_fail(spec, spec_dir: Path):
+    from jobs import gpu_fit, pricing
+
+    try:
+        return pricing.job_cost(spec, spec_dir)
+    except gpu_fit.ModelSizeError as e:
+        fail(str(e), 1)
+
+
+def _no_offer_message(accel: str | None, cloud_list: list[str]) -> str:
+    from jobs import gpu_fit, pricing
+
+    msg = "no offer matches (a bigger GPU, more GPUs with a sharding strategy, or other clouds?)"
+    if accel:
+        names = pricing.accelerator_names(cloud_list or pricing.CLOUDS)
+        if accel.lower() not in {n.lower() for n in names}:
+            close = gpu_fit.close_gpu_names(accel, names)
+            msg = f"no GPU named {accel!r} in the catalogs" + (f"; did you mean {', '.join(close)}?" if close else "")
+    return msg
 
 
 def gpus_command(
@@ -90,11 +143,15 @@ def gpus_command(
     spot: bool | None = typer.Option(None, "--spot/--on-demand", help="default: both (a spec: its use_spot)"),
     clouds: list[str] | None = typer.Option(None, "--clouds", help="lambda, aws, runpod, vast (repeatable)"),
     max_price: float | None = typer.Option(None, "--max-price", help="$/h ceiling"),
-    enabled_only: bool = typer.Option(False, "--enabled-only", help="only clouds `sky check` enabled"),
+    enabled_only: bool = typer.Option(False, "--enabled-only",
+                                      help="only clouds `sky check` enabled (fills the enabled column)"),
+    fastest: bool = typer.Option(False, "--fastest", help="with --config: quickest whole job first"),
     limit: int = typer.Option(25, "--limit", help="rows shown (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="rows as JSON objects"),
 ) -> None:
-    """GPU offers from SkyPilot's cached catalog, cheapest first, filtered by fit and provider limits."""
+    """GPU offers from SkyPilot's cached catalog, filtered by fit and provider limits: with --config,
+    the cheapest whole job first (setup, training, generation and evaluation estimated), else by $/h.
+    One row per (cloud, instance type, spot): its cheapest region and how many others offer it."""
     from jobs import pricing
 
     accel, count = _parse_gpu(gpu)
@@ -103,35 +160,45 @@ def gpus_command(
     if unknown:
         fail(f"--clouds: unknown {', '.join(unknown)} (one of {', '.join(pricing.CLOUDS)})", 2)
     notes: list[str] = []
-    spec = spec_dir = None
+    spec = spec_dir = job = None
     if config:
         spec, spec_dir = _load(config), config.resolve().parent
+        job = _job_or_fail(spec, spec_dir)
         offers = pricing.candidates_for_spec(spec, spec_dir, _spot_choice(spot), cloud_list or None, max_price,
-                                             accel, count, notes)
+                                             accel, count, notes, fastest=fastest, job=job)
     else:
         offers = pricing.list_offers(cloud_list or pricing.CLOUDS, accel, count, _spot_choice(spot) or "both",
                                      notes=notes)
         offers = pricing.filter_offers(offers, max_price)
-    pricing.mark_enabled(offers, pricing.enabled_clouds())
-    if enabled_only:
+    if enabled_only:  # SkyPilot's `sky check` cache needs `import sky` (5 s): only when asked
+        pricing.mark_enabled(offers, pricing.enabled_clouds())
         offers = pricing.filter_offers(offers, enabled_only=True)
+    rows = pricing.group_offers(offers)
+    shown = rows[:limit] if limit else rows
     if as_json:
-        print(json.dumps([o.json_row() for o in offers], indent=2))
+        print(json.dumps([o.json_row() for o in shown], indent=2))
+        if not offers:
+            fail(_no_offer_message(accel, cloud_list), 1)
         return
     ages = pricing.catalog_ages(cloud_list or pricing.CLOUDS)
     console.print("catalog age: " + ", ".join(f"{c} {_age(h)}" for c, h in ages.items())
                   + f"  ({pricing.catalog_path('aws').parent.parent})", highlight=False)
     if spec is not None:
-        for line in _estimate_lines(spec, spec_dir):
-            console.print(line, highlight=False)
-    shown = offers[:limit] if limit else offers
+        for line in _estimate_lines(spec, spec_dir, job):
+            console.print(line, highlight=False, markup=False)
+        headline = _headline(rows, fastest)
+        if headline:
+            console.print(headline, highlight=False)
+        problem = pricing.budget_problem(offers, spec.resources.max_cost_usd)
+        if problem:
+            console.print(f"[yellow]over budget:[/] {problem}", highlight=False)
     _print_table(_offers_table(shown, with_cost=spec is not None))
-    if len(shown) < len(offers):
-        console.print(f"[dim]{len(offers) - len(shown)} more (--limit 0 shows all)[/]")
+    if len(shown) < len(rows):
+        console.print(f"[dim]{len(rows) - len(shown)} more (--limit 0 shows all)[/]")
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if not offers:
-        fail("no offer matches (a bigger GPU, more GPUs with a sharding strategy, or other clouds?)", 1)
+        fail(_no_offer_message(accel, cloud_list), 1)
 
 
 def launch_command(
@@ -145,7 +212,7 @@ def launch_command(
     """Bundle and push if needed, pick the cheapest GPUs that fit, launch a managed job."""
     import yaml
 
-    from jobs import launch, pricing
+    from jobs import cost, launch, pricing
     from trainer.bundle import BundleError, bundle_key, push_bundle, verify_bundle, write_bundle
     from trainer.runs import new_run_id
 
@@ -172,16 +239,26 @@ def launch_command(
         bundle_uri = str(Path(spec.store.uri).resolve() / bundle_key(bundle))
     run_id = run_id or new_run_id(spec.name)
     notes: list[str] = []
-    offers = pricing.candidates_for_spec(spec, spec_dir, notes=notes)
-    for line in _estimate_lines(spec, spec_dir):
-        console.print(line, highlight=False)
-    _print_table(_offers_table(offers[: launch.MAX_CANDIDATES], with_cost=True))
+    job = _job_or_fail(spec, spec_dir)
+    offers = pricing.candidates_for_spec(spec, spec_dir, notes=notes, job=job)
+    for line in _estimate_lines(spec, spec_dir, job):
+        console.print(line, highlight=False, markup=False)
+    headline = _headline(offers, fastest=False)
+    if headline:
+        console.print(headline, highlight=False)
+    budget = spec.resources.max_cost_usd
+    problem = pricing.budget_problem(offers, budget)
+    if problem:  # refused before anything is pushed or printed as a plan, --dry-run included
+        fail(f"refusing to launch: {problem}", 1)
+    offers = pricing.within_budget(offers, budget)  # no candidate SkyPilot may fall back to breaks it
+    _print_table(_offers_table(pricing.group_offers(offers)[: launch.MAX_CANDIDATES], with_cost=True))
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if not offers:
         console.print("[yellow]note:[/] no priced offer from the catalog: SkyPilot's optimizer chooses among "
                       "the YAML's candidates", highlight=False)
     cfg = launch.build_task_config(spec, bundle_uri, run_id, offers, stage)
+    cfg.setdefault("envs", {}).update(cost.trainer_envs(offers[: launch.MAX_CANDIDATES], budget))
     launch.to_task(cfg)  # SkyPilot's own validation, also on --dry-run
     if dry_run:
         print(yaml.safe_dump(cfg, sort_keys=False, width=200))

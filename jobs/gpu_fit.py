@@ -25,11 +25,13 @@ optimizer states to the CPU. The numbers agree with the guide's table (tests/tes
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from trainer.spec import BUILTIN_MODEL, DPOStage, GRPOStage, JobSpec, StageBase
@@ -58,6 +60,7 @@ class ModelShape:
     tied_embeddings: bool = False
     head_dim: int | None = None
     source: str = "config.json"
+    n_params: int | None = None  # a stated count (`model.params`) wins over the architecture's sum
 
     @property
     def dh(self) -> int:
@@ -75,6 +78,8 @@ class ModelShape:
 
     @property
     def params(self) -> int:
+        if self.n_params is not None:
+            return self.n_params
         return self.layers * self.linear_params_per_layer + self.embedding_params
 
     def lora_params(self, r: int, target_modules: str | list[str]) -> int:
@@ -122,6 +127,10 @@ _QWEN_SHAPES: dict[float, ModelShape] = {
 }
 
 
+class ModelSizeError(ValueError):
+    """The model's size cannot be known here: a user error with its fix, not a traceback."""
+
+
 def _size_from_name(name: str) -> float | None:
     m = re.search(r"(\d+(?:\.\d+)?)\s*([bBmM])(?![a-zA-Z])", name.split("/")[-1])
     if not m:
@@ -130,9 +139,32 @@ def _size_from_name(name: str) -> float | None:
     return value / 1000 if m.group(2) in "mM" else value
 
 
-def model_shape(base: str, spec_dir: Path | None = None) -> ModelShape:
-    """Shape from the model's config.json: a local folder, the Hugging Face cache, or the Hub;
-    failing those, a reference architecture of the size in the model's name."""
+def _nearest_reference(size_b: float, qwen: bool) -> ModelShape:
+    table = _QWEN_SHAPES if qwen else _REFERENCE_SHAPES
+    return table[min(table, key=lambda s: abs(math.log(s / size_b)))]
+
+
+def model_shape(base: str, spec_dir: Path | None = None, params: int | None = None) -> ModelShape:
+    """Shape from the model's config.json: a local folder, the Hugging Face cache, or the Hub (once
+    per process, and only when the Hub answers); failing those, a reference architecture of the size
+    in the model's name. `params` (the spec's `model.params`) overrides the count: the layers and
+    widths then come from the nearest reference shape (for the memory estimate only)."""
+    shape = _config_shape(base, spec_dir)
+    if params is not None:
+        if shape is None or shape.source.endswith(" shape"):
+            shape = _nearest_reference(params / 1e9, "qwen" in base.lower())
+        return replace(shape, n_params=int(params), source=f"model.params {params / 1e9:.2f}B, {shape.source}")
+    if shape is not None:
+        return shape
+    size = _size_from_name(base)
+    if size is None:
+        raise ModelSizeError(f"cannot size model {base!r}: no config.json here or in the Hugging Face cache "
+                             "and no size (e.g. 7B) in its name; set model.params in the spec "
+                             "(e.g. params: 7.6B), or download it once (`hf download REPO config.json`)")
+    return _nearest_reference(size, "qwen" in base.lower())
+
+
+def _config_shape(base: str, spec_dir: Path | None) -> ModelShape | None:
     if base == BUILTIN_MODEL:
         return _REFERENCE_SHAPES[0.135]
     local = Path(base) if Path(base).is_absolute() or spec_dir is None else spec_dir / base
@@ -143,12 +175,7 @@ def model_shape(base: str, spec_dir: Path | None = None) -> ModelShape:
         path = _hub_config(base)
         if path:
             return ModelShape.from_config(json.loads(Path(path).read_text()), f"{base} config.json")
-    size = _size_from_name(base)
-    if size is None:
-        raise ValueError(f"cannot size model {base!r}: no config.json reachable and no size (e.g. 7B) in its name")
-    table = _QWEN_SHAPES if "qwen" in base.lower() else _REFERENCE_SHAPES
-    nearest = min(table, key=lambda s: abs(math.log(s / size)))
-    return table[nearest]
+    return None
 
 
 def _hub_config(repo: str) -> str | None:
@@ -167,8 +194,10 @@ def _hub_config(repo: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def _hub_reachable() -> bool:
-    """A 2-second check first: offline, huggingface_hub would retry for half a minute."""
+    """A 2-second check, once per process: offline, huggingface_hub would retry for half a minute,
+    and a DNS look-up per call cost `ft gpus` 31 s."""
     import socket
 
     try:
@@ -212,7 +241,8 @@ class JobEstimate:
         return max(self.stages, key=lambda s: s.per_gpu_gib)
 
 
-def _weight_bytes(spec: JobSpec, shape: ModelShape) -> float:
+def weight_bytes(spec: JobSpec, shape: ModelShape) -> float:
+    """Bytes of the base weights on the GPU (NF4 linears for QLoRA)."""
     half = 4 if spec.model.dtype == "float32" else 2
     if spec.finetune.method == "qlora" and spec.finetune.quantization.load_in_4bit:
         overhead = 1.02 if spec.finetune.quantization.double_quant else 1.06
@@ -230,7 +260,7 @@ def estimate_stage(spec: JobSpec, stage: StageBase, shape: ModelShape, num_gpus:
     lora = spec.finetune.method in ("lora", "qlora")
 
     est = StageEstimate(stage.stage_name, stage.method, num_gpus=n)
-    weights = _weight_bytes(spec, shape)
+    weights = weight_bytes(spec, shape)
     est.parts["weights"] = weights / (n if shard_params else 1) / GIB
 
     if lora:
@@ -270,7 +300,7 @@ def estimate_stage(spec: JobSpec, stage: StageBase, shape: ModelShape, num_gpus:
 
 def estimate(spec: JobSpec, spec_dir: Path | None = None, num_gpus: int = 1,
              shape: ModelShape | None = None) -> JobEstimate:
-    shape = shape or model_shape(spec.model.base, spec_dir)
+    shape = shape or model_shape(spec.model.base, spec_dir, spec.model.params)
     stages = [estimate_stage(spec, s, shape, num_gpus) for s in spec.stages]
     return JobEstimate(spec.model.base, shape.params / 1e9, shape.source, stages)
 
@@ -294,3 +324,37 @@ GPU_MEMORY_GIB: dict[str, float] = {
     "A10G": 24, "A10": 24, "RTX4090": 24, "RTX3090": 24, "RTX5090": 32, "V100": 16, "V100-32GB": 32,
     "T4": 16, "A5000": 24, "RTXA5000": 24, "A4000": 16, "RTXA4000": 16,
 }
+
+
+def known_memory_gib(accelerator: str) -> float | None:
+    return GPU_MEMORY_GIB.get(accelerator) or GPU_MEMORY_GIB.get(accelerator.upper())
+
+
+def sane_memory_gib(accelerator: str, catalog_gib: float | None, count: int = 1) -> tuple[float | None, str | None]:
+    """Per-GPU memory from a catalog row, checked against the accelerator's known memory.
+
+    The providers' catalogs disagree on the field SkyPilot reads as per-GPU MiB: RunPod writes GiB
+    there (80 for an A100-80GB, read as 0.08 GiB); Vast writes the machine's total (287542 for
+    2 × H200). A value that is the known memory once multiplied by 1024, or divided by the GPU count,
+    is taken so; any other value far from the known memory is replaced by it, with a note.
+    Returns (GiB, a note when the catalog was overruled)."""
+    known = known_memory_gib(accelerator)
+    value = catalog_gib if catalog_gib is not None and math.isfinite(catalog_gib) and catalog_gib > 0 else None
+
+    def near(x: float) -> bool:
+        return known is not None and 0.8 * known <= x <= 1.2 * known
+
+    if value is None:
+        return known, None
+    if known is None:  # unknown GPU: only the GiB-for-MiB quirk is unambiguous
+        return (value * 1024 if value < 1 else value), None
+    for candidate in (value, value * 1024, value / max(count, 1)):
+        if near(candidate):
+            return candidate, None
+    return known, f"{accelerator}: catalog says {value:g} GiB per GPU, using the known {known:g} GiB"
+
+
+def close_gpu_names(name: str, known: set[str] | list[str], n: int = 3) -> list[str]:
+    """Known accelerator names closest to a mistyped one (case-insensitive)."""
+    names = {k.lower(): k for k in set(known) | set(GPU_MEMORY_GIB)}
+    return [names[m] for m in difflib.get_close_matches(name.lower(), list(names), n=n, cutoff=0.5)]

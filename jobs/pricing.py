@@ -6,6 +6,10 @@ offer is a (cloud, instance type, region, spot/on-demand) row with its hourly pr
 have holes (no price, 0, pennies for an H100): such a price is shown as unknown and ranked last,
 never as the cheapest.
 
+Offers are ranked by the estimated $ of the whole job on them (`jobs/cost.py`: hours × $/h ×
+nodes, setup and evaluation included), ties by time; `fastest=True` ranks by time. A slow cheap GPU
+wins on $/h and loses on the bill, so $/h alone never decides.
+
 Provider limits SkyPilot enforces at launch time, applied here up front so the table only shows
 what can run: Lambda has no spot instances; RunPod and Vast have no multi-node clusters (and no
 bucket mounts, which is why the trainer syncs to the store itself).
@@ -13,6 +17,7 @@ bucket mounts, which is why the trainer syncs to the store itself).
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import time
@@ -22,8 +27,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from jobs import gpu_fit
-from trainer.spec import DPOStage, GRPOStage, JobSpec
+from jobs import catalog, cost, gpu_fit
+from trainer.spec import JobSpec
 
 CLOUDS = ("lambda", "aws", "runpod", "vast")
 # SkyPilot's unsupported features per provider that matter to us (kept in step with
@@ -50,13 +55,20 @@ class Offer(BaseModel):
     price_per_hour: float | None  # None: the catalog's price is missing or implausible
     enabled: bool | None = None  # `sky check` enabled this cloud (None: unknown)
     fits: bool | None = None
-    est_hours: float | None = None
-    est_cost: float | None = None
+    nodes: int = 1
+    est_hours: float | None = None  # the whole job on this offer: setup, stages, evaluation
+    est_cost: float | None = None  # est_hours × price_per_hour × nodes
+    parts: dict[str, float] | None = None  # hours by part (setup, training, generation, evaluation, ...)
+    other_regions: int = 0  # after grouping: more regions with this (cloud, instance type, spot)
 
     def json_row(self) -> dict:
         """The `ft gpus --json` row."""
-        return self.model_dump(include={"cloud", "instance_type", "accelerator", "count", "region", "spot",
-                                        "price_per_hour"})
+        row = self.model_dump(include={"cloud", "instance_type", "accelerator", "count", "region", "spot",
+                                       "price_per_hour", "nodes", "other_regions"})
+        if self.est_hours is not None:
+            row.update(est_hours=round(self.est_hours, 3), est_cost_usd=self.est_cost,
+                       parts_hours={k: round(v, 3) for k, v in (self.parts or {}).items()})
+        return row
 
 
 def plausible_price(price: object, count: int) -> float | None:
@@ -73,16 +85,21 @@ def plausible_price(price: object, count: int) -> float | None:
 
 
 def sort_key(offer: Offer) -> tuple:
-    """Cheapest first; unknown prices last; ties broken so the order is stable."""
+    """Cheapest first: by the job's estimated $ when there is one, else by $/h; ties by time; unknown
+    prices last; the rest keeps the order stable."""
     unknown = offer.price_per_hour is None
-    return (unknown, offer.price_per_hour or 0.0, offer.cloud, offer.region, offer.instance_type, offer.spot)
+    primary = offer.est_cost if offer.est_cost is not None else offer.price_per_hour or 0.0
+    return (unknown, primary, offer.est_hours or 0.0, offer.price_per_hour or 0.0, offer.cloud, offer.region,
+            offer.instance_type, offer.spot)
+
+
+def fastest_key(offer: Offer) -> tuple:
+    return (offer.est_hours is None, offer.est_hours or 0.0, *sort_key(offer))
 
 
 # ------------------------------------------------------------------------------------- catalog
 def catalog_path(cloud: str) -> Path:
-    from sky.catalog import common
-
-    return Path(common.get_catalog_path(f"{cloud}/vms.csv"))
+    return catalog.catalog_path(cloud)
 
 
 def catalog_ages(clouds: Iterable[str] = CLOUDS) -> dict[str, float | None]:
@@ -131,8 +148,6 @@ def list_offers(
     Clouds whose catalog is not cached are skipped with a note rather than downloaded: this must
     work offline (run `sky gpus list` once online to fill the cache).
     """
-    import sky.catalog
-
     notes = notes if notes is not None else []
     clouds = [c.lower() for c in clouds]
     if num_nodes > 1:
@@ -143,33 +158,37 @@ def list_offers(
     if spot == "spot" and any(c in NO_SPOT for c in clouds):
         notes.append("spot only: lambda left out (no spot instances)")
     offers: list[Offer] = []
+    memory: dict[tuple, float | None] = {}
     for cloud in clouds:
-        if not catalog_path(cloud).exists() and os.environ.get("FT_CATALOG_DOWNLOAD") != "1":
-            notes.append(f"{cloud}: no cached SkyPilot catalog at {catalog_path(cloud)} "
-                         "(run `sky gpus list` once online, or set FT_CATALOG_DOWNLOAD=1)")
-            continue
-        name_filter = f"^{accelerator}$" if accelerator else None
+        if not catalog_path(cloud).exists():
+            if os.environ.get("FT_CATALOG_DOWNLOAD") == "1":
+                catalog.download(cloud)
+            else:
+                notes.append(f"{cloud}: no cached SkyPilot catalog at {catalog_path(cloud)} "
+                             "(run `sky gpus list` once online, or set FT_CATALOG_DOWNLOAD=1)")
+                continue
         try:
-            found = sky.catalog.list_accelerators(gpus_only=True, name_filter=name_filter, clouds=cloud,
-                                                  case_sensitive=False, all_regions=True,
-                                                  quantity_filter=count, require_price=False)
-        except Exception as e:  # noqa: BLE001 - one unreadable catalog must not hide the others
+            rows = catalog.read_rows(cloud)
+        except (OSError, KeyError, ValueError, csv.Error) as e:  # one unreadable catalog must not hide the others
             notes.append(f"{cloud}: catalog unreadable ({type(e).__name__}: {e})")
             continue
-        for infos in found.values():
-            for info in infos:
-                n = int(round(float(info.accelerator_count)))
-                if n < 1:  # fractional GPUs (0.25 T4 slices) are not for training
-                    continue
-                mem = info.device_memory
-                mem = float(mem) if mem is not None and not math.isnan(float(mem)) else None
-                mem = mem or gpu_fit.GPU_MEMORY_GIB.get(info.accelerator_name)
-                for use_spot in _spot_modes(cloud, spot):
-                    raw = info.spot_price if use_spot else info.price
-                    offers.append(Offer(cloud=cloud, instance_type=str(info.instance_type),
-                                        accelerator=info.accelerator_name, count=n, gpu_memory_gib=mem,
-                                        region=str(info.region), spot=use_spot,
-                                        price_per_hour=plausible_price(raw, n)))
+        for row in rows:
+            if accelerator and row.accelerator.lower() != accelerator.lower():
+                continue
+            if count is not None and row.count != count:
+                continue
+            n = int(round(row.count))
+            if n < 1:  # fractional GPUs (0.25 T4 slices) are not for training
+                continue
+            key = (row.accelerator, row.device_memory_gib, n)
+            if key not in memory:
+                memory[key], note = gpu_fit.sane_memory_gib(row.accelerator, row.device_memory_gib, n)
+                if note and f"{cloud}: {note}" not in notes:
+                    notes.append(f"{cloud}: {note}")
+            for use_spot in _spot_modes(cloud, spot):
+                offers.append(Offer(cloud=cloud, instance_type=row.instance_type, accelerator=row.accelerator,
+                                    count=n, gpu_memory_gib=memory[key], region=row.region, spot=use_spot,
+                                    price_per_hour=plausible_price(row.spot_price if use_spot else row.price, n)))
     return sorted(_dedupe(offers), key=sort_key)
 
 
@@ -182,64 +201,21 @@ def _dedupe(offers: list[Offer]) -> list[Offer]:
     return list(best.values())
 
 
+def accelerator_names(clouds: Iterable[str] = CLOUDS) -> set[str]:
+    """Every GPU name the cached catalogs know (for "did you mean")."""
+    names: set[str] = set()
+    for cloud in clouds:
+        if catalog_path(cloud).exists():
+            names |= {r.accelerator for r in catalog.read_rows(cloud)}
+    return names
+
+
 # ------------------------------------------------------------------------- fit and job cost
-# Training throughput, tokens per second per GPU, for LoRA/QLoRA SFT of a 7B model at sequence
-# length 2048 with flash-attention and bf16 (rough public figures; the relative order matters more
-# than the absolute values). Scaled by 7B / model size, by method (below), and by 0.9 per doubling
-# of GPUs for communication.
-THROUGHPUT_7B_TOKENS_PER_S: dict[str, float] = {
-    "B200": 5200, "H200": 3400, "H100": 3000, "GH200": 3200, "A100-80GB": 1800, "A100": 1600,
-    "L40S": 1100, "L40": 950, "A6000": 750, "RTXA6000": 750, "A40": 700, "RTX4090": 900, "RTX5090": 1200,
-    "RTX3090": 550, "A10G": 500, "A10": 550, "L4": 400, "V100": 350, "V100-32GB": 350, "T4": 120,
-}
-DEFAULT_THROUGHPUT = 300
-METHOD_SPEED = {"sft": 1.0, "reward": 1.0, "dpo": 0.45, "grpo": 0.12}  # DPO: 2× tokens + reference pass;
-# GRPO: autoregressive generation dominates
-FULL_FT_SPEED = 0.75  # full fine-tuning: optimizer step over every weight
-SETUP_HOURS = 0.25  # provisioning, image pull, model download, final upload
-ASSUMED_EXAMPLES = 1000  # when a data file cannot be read at estimate time
-BYTES_PER_TOKEN = 3.5
-
-
-def _examples(path: Path | None) -> tuple[int, float]:
-    """(lines, average bytes per line) of a JSONL file."""
-    if path is None or not path.is_file():
-        return ASSUMED_EXAMPLES, 2000.0
-    n, size = 0, 0
-    with open(path, "rb") as f:
-        for line in f:
-            if line.strip():
-                n += 1
-                size += len(line)
-    return max(n, 1), size / max(n, 1)
-
-
-def job_hours(spec: JobSpec, accelerator: str, count: int, spec_dir: Path | None = None) -> float:
-    """Estimated wall-clock hours of all the job's stages on `count` × `accelerator`."""
-    params_b = gpu_fit.model_shape(spec.model.base, spec_dir).params / 1e9
-    gpus = count if spec.distributed.strategy != "none" else 1
-    per_gpu = THROUGHPUT_7B_TOKENS_PER_S.get(accelerator, DEFAULT_THROUGHPUT) * 7 / max(params_b, 0.1)
-    if spec.finetune.method == "full":
-        per_gpu *= FULL_FT_SPEED
-    rate = per_gpu * gpus * (0.9 ** math.log2(gpus) if gpus > 1 else 1.0)
-    seconds = 0.0
-    for stage in spec.stages:
-        role = {"sft": "sft_train", "dpo": "dpo_train", "grpo": "grpo_train", "reward": "dpo_train"}[stage.method]
-        rel = getattr(spec.data, role)
-        n, avg_bytes = _examples((spec_dir / rel) if rel and spec_dir else None)
-        tokens_per_example = min(stage.max_length, avg_bytes / BYTES_PER_TOKEN)
-        if isinstance(stage, GRPOStage):
-            tokens_per_example = stage.num_generations * (min(512, tokens_per_example) + stage.max_completion_length)
-        elif isinstance(stage, DPOStage):
-            tokens_per_example *= 2
-        examples = n * stage.epochs
-        if stage.max_steps > 0:  # max_steps overrides epochs
-            per_step = stage.per_device_train_batch_size * stage.gradient_accumulation_steps * gpus
-            if isinstance(stage, GRPOStage):
-                per_step /= stage.num_generations  # the batch counts completions
-            examples = stage.max_steps * per_step
-        seconds += examples * tokens_per_example / (rate * METHOD_SPEED[stage.method])
-    return seconds / 3600 + SETUP_HOURS
+def job_cost(spec: JobSpec, spec_dir: Path | None = None, shape: gpu_fit.ModelShape | None = None,
+             count_tokens: bool = True) -> cost.JobCost:
+    """The job's hardware-independent work (tokens, FLOPs), computed once for every offer."""
+    shape = shape or gpu_fit.model_shape(spec.model.base, spec_dir, spec.model.params)
+    return cost.JobCost(spec, shape, cost.data_tokens(spec, spec_dir, count_tokens), cost.measured_mfu())
 
 
 def candidates_for_spec(
@@ -251,8 +227,12 @@ def candidates_for_spec(
     accelerator: str | None = None,
     count: int | None = None,
     notes: list[str] | None = None,
+    fastest: bool = False,
+    job: cost.JobCost | None = None,
 ) -> list[Offer]:
-    """Offers the job fits on, each with an estimated job cost; cheapest (by $/h) first."""
+    """Offers the job fits on (one row per region), each with the whole job's estimated hours and $;
+    cheapest job first (`fastest`: quickest first). Raises gpu_fit.ModelSizeError when the model
+    cannot be sized."""
     notes = notes if notes is not None else []
     if spot is None:
         spot = "prefer-spot" if spec.resources.use_spot else "on-demand"
@@ -261,25 +241,72 @@ def candidates_for_spec(
     if accelerator is None and spec.resources.accelerators:
         accelerator, _, c = spec.resources.accelerators.partition(":")
         count = count or (int(c) if c else None)
-    shape = gpu_fit.model_shape(spec.model.base, spec_dir)
-    offers = list_offers(clouds, accelerator, count, spot, spec.distributed.num_nodes, notes)
+    job = job or job_cost(spec, spec_dir)
+    nodes = spec.distributed.num_nodes
+    offers = list_offers(clouds, accelerator, count, spot, nodes, notes)
+    fit_cache: dict[tuple, bool] = {}
+    est_cache: dict[tuple, cost.OfferEstimate] = {}
     out = []
     for offer in offers:
         if offer.gpu_memory_gib is None:
             continue
         if spec.distributed.strategy == "none" and offer.count > 1 and not spec.resources.accelerators:
             continue  # a single-process job pays for GPUs it cannot use
-        offer.fits = gpu_fit.fits(spec, offer.gpu_memory_gib, offer.count, shape=shape)
+        key = (offer.gpu_memory_gib, offer.count)
+        if key not in fit_cache:
+            fit_cache[key] = gpu_fit.fits(spec, offer.gpu_memory_gib, offer.count, shape=job.shape)
+        offer.fits = fit_cache[key]
         if not offer.fits:
             continue
         if max_price is not None and (offer.price_per_hour is None or offer.price_per_hour > max_price):
             continue
-        offer.est_hours = job_hours(spec, offer.accelerator, offer.count, spec_dir)
+        ekey = (offer.accelerator, offer.count, offer.cloud, offer.spot, offer.instance_type)
+        if ekey not in est_cache:  # regions of one instance type share the estimate
+            est_cache[ekey] = job.on(offer.accelerator, offer.count, nodes, offer.cloud, offer.spot,
+                                     offer.instance_type)
+        est = est_cache[ekey]
+        offer.nodes, offer.est_hours, offer.parts = nodes, est.hours, est.parts
         if offer.price_per_hour is not None:
-            nodes = spec.distributed.num_nodes
-            offer.est_cost = round(offer.est_hours * offer.price_per_hour * nodes, 2)
+            offer.est_cost = round(est.hours * offer.price_per_hour * nodes, 2)
         out.append(offer)
-    return sorted(out, key=sort_key)
+    return sorted(out, key=fastest_key if fastest else sort_key)
+
+
+def group_offers(offers: list[Offer]) -> list[Offer]:
+    """One row per (cloud, instance type, spot): its first region in the given order (the cheapest)
+    and how many other regions offer it, in the order of each group's first row."""
+    first: dict[tuple, Offer] = {}
+    for o in offers:
+        key = (o.cloud, o.instance_type, o.spot)
+        if key in first:
+            first[key].other_regions += 1
+        else:
+            first[key] = o.model_copy(update={"other_regions": 0})
+    return list(first.values())
+
+
+def budget_problem(offers: list[Offer], budget: float | None) -> str | None:
+    """Why a plan breaks `resources.max_cost_usd`, or None when the cheapest estimate is within it."""
+    if budget is None:
+        return None
+    priced = [o for o in offers if o.est_cost is not None]
+    if not priced:
+        return (f"resources.max_cost_usd is ${budget:,.2f}, but no priced offer fits the job, so the estimate "
+                "cannot be checked against it (fill the catalog cache with `sky gpus list`)")
+    best = min(priced, key=sort_key)
+    if best.est_cost <= budget:
+        return None
+    return (f"the cheapest whole-job estimate is ${best.est_cost:,.2f} ({best.accelerator} × {best.count} on "
+            f"{best.cloud} {best.region}{' spot' if best.spot else ''}, about {best.est_hours:.1f} h at "
+            f"${best.price_per_hour:.2f}/h × {best.nodes} node(s)), over resources.max_cost_usd ${budget:,.2f}: "
+            "raise the budget, or shorten the job (epochs, max_steps, evaluation.limit)")
+
+
+def within_budget(offers: list[Offer], budget: float | None) -> list[Offer]:
+    """The offers whose estimate is within the budget (all of them without one)."""
+    if budget is None:
+        return offers
+    return [o for o in offers if o.est_cost is not None and o.est_cost <= budget]
 
 
 def filter_offers(offers: list[Offer], max_price: float | None = None, enabled_only: bool = False) -> list[Offer]:

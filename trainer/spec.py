@@ -50,6 +50,25 @@ class ModelSpec(Strict):
         "auto", description="auto: flash_attention_2 when installed on CUDA, else sdpa"
     )
     trust_remote_code: bool = False
+    params: int | None = Field(
+        None, gt=0, description="parameter count (e.g. 7615616512 or `7.6B`, `135M`): overrides the model's "
+        "config.json for GPU fit and cost, for a private model or one whose config is out of reach"
+    )
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        """`7.6B` / `135M` / `1.2e9` → an integer count."""
+        if isinstance(value, str):
+            text = value.strip().upper().replace("_", "").replace(",", "")
+            scale = {"B": 1e9, "M": 1e6, "K": 1e3}.get(text[-1:], 1)
+            try:
+                return int(round(float(text[:-1] if scale != 1 else text) * scale))
+            except ValueError:
+                raise ValueError(f"expected a count such as 7615616512, 7.6B or 135M, not {value!r}") from None
+        if isinstance(value, float):
+            return int(round(value))
+        return value
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -198,6 +217,10 @@ class ResourcesSpec(Strict):
     use_spot: bool = True
     disk_size: int = Field(256, gt=0, description="GB")
     max_price_per_hour: float | None = Field(None, gt=0)
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="budget for the whole job in $: `ft launch` refuses a plan estimated above it "
+        "and the trainer stops (checkpoint, exit 3) when its spend reaches it"
+    )
 
 
 class StoreSpec(Strict):
