@@ -274,10 +274,11 @@ def candidates_for_spec(
 
 def group_offers(offers: list[Offer]) -> list[Offer]:
     """One row per (cloud, instance type, spot): its first region in the given order (the cheapest)
-    and how many other regions offer it, in the order of each group's first row."""
+    and how many other regions offer it, in the order of each group's first row. Regions without a
+    usable price stay a row of their own (shown as unknown, last)."""
     first: dict[tuple, Offer] = {}
     for o in offers:
-        key = (o.cloud, o.instance_type, o.spot)
+        key = (o.cloud, o.instance_type, o.spot, o.price_per_hour is None)
         if key in first:
             first[key].other_regions += 1
         else:

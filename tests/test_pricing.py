@@ -176,7 +176,7 @@ def test_ft_gpus_json_in_a_fresh_process(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
     assert rows and all(set(r) == {"cloud", "instance_type", "accelerator", "count", "region", "spot",
-                                   "price_per_hour"} for r in rows)
+                                   "price_per_hour", "nodes", "other_regions"} for r in rows)
     assert rows[0]["price_per_hour"] == _brute_force(("aws", "runpod"), "spot")
     assert all(r["spot"] and r["price_per_hour"] <= 1.0 and r["cloud"] in ("aws", "runpod") for r in rows)
     table = subprocess.run([sys.executable, "-c", script, "gpus", "--gpu", "H100:1"], capture_output=True,
