@@ -231,13 +231,26 @@ def _budget_callback_class() -> type:
             return self.budget.spend_usd
 
         def on_step_end(self, args, state, control, **kwargs):
-            if not self.budget.stopped_for_budget and self.budget.reached():
+            if not self.budget.stopped_for_budget and _any_rank(self.budget.reached(), args):
                 self.budget.stopped_for_budget = True
                 control.should_save = True
                 control.should_training_stop = True
             return control
 
     return BudgetCallback
+
+
+def _any_rank(flag: bool, args: Any) -> bool:
+    """Under DDP every rank must stop at the same step (a rank left waiting in an all-reduce hangs),
+    and each rank reads its own clock: stop when any rank has reached the budget."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=getattr(args, "device", "cpu"))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def __getattr__(name: str) -> Any:
