@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -18,7 +17,14 @@ import pytest
 from trainer.bundle import write_bundle
 from trainer.spec import load_spec
 
-STEPS = {"sft": 6, "dpo": 4, "grpo": 4}
+SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+
+STEPS = {"sft": 6, "dpo": 4, "dpo-on-policy": 2}
+SAVE_EVERY = {"sft": 2, "dpo": 1, "dpo-on-policy": 1}
+# GRPO needs a reward that varies between a tiny random model's completions, or it never learns and
+# its resume proves nothing: chrF against the reference translation does, so GRPO runs on ko-en.
+TR_STEPS = {"sft": 2, "grpo": 4}
+TR_SAVE_EVERY = {"sft": 1, "grpo": 1}
 
 SPEC = """name: tiny
 model: {{base: {model}}}
@@ -39,10 +45,26 @@ stages:
   - {{method: dpo, max_steps: {dpo}, learning_rate: 1.0e-3, per_device_train_batch_size: 2,
       gradient_accumulation_steps: 1, max_length: 256, gradient_checkpointing: false, logging_steps: 1,
       save_steps: 1, save_total_limit: 5}}
-  - {{method: grpo, max_steps: {grpo}, learning_rate: 1.0e-3, per_device_train_batch_size: 2,
-      gradient_accumulation_steps: 1, num_generations: 2, max_completion_length: 8, max_length: 256,
-      gradient_checkpointing: false, logging_steps: 1, save_steps: 1, save_total_limit: 5}}
+  - {{name: dpo-on-policy, method: dpo, pairs: on_policy, max_steps: {dpo_on_policy}, learning_rate: 1.0e-3,
+      per_device_train_batch_size: 2, gradient_accumulation_steps: 1, max_length: 256, gradient_checkpointing: false,
+      logging_steps: 1, save_steps: 1, save_total_limit: 5,
+      on_policy: {{prompts: 4, samples_per_prompt: 2, max_new_tokens: 8}}}}
 evaluation: {{task: gsm8k, limit: 2, max_new_tokens: 8}}
+"""
+
+TRANSLATION_SPEC = """name: tiny-ko-en
+model: {{base: {model}}}
+data: {{task: translation, sft_train: data/train.jsonl, grpo_train: data/grpo_prompts.jsonl, test: data/test.jsonl}}
+finetune: {{method: lora, lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}}}}
+stages:
+  - {{method: sft, max_steps: {sft}, learning_rate: 1.0e-3, per_device_train_batch_size: 2,
+      gradient_accumulation_steps: 1, max_length: 256, gradient_checkpointing: false, logging_steps: 1,
+      save_steps: 1, save_total_limit: 5}}
+  - {{method: grpo, max_steps: {grpo}, learning_rate: 1.0e-2, per_device_train_batch_size: 2,
+      gradient_accumulation_steps: 1, num_generations: 2, max_completion_length: 8, max_length: 256,
+      temperature: 1.0, rewards: [chrf], gradient_checkpointing: false, logging_steps: 1, save_steps: 1,
+      save_total_limit: 5}}
+evaluation: {{task: translation, limit: 2, max_new_tokens: 8}}
 """
 
 
@@ -50,7 +72,18 @@ evaluation: {{task: gsm8k, limit: 2, max_new_tokens: 8}}
 def bundle_path(tmp_path_factory, math_data, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("tiny-job")
     shutil.copytree(math_data, root / "data")
-    (root / "job.yaml").write_text(SPEC.format(model=tiny_model_dir, **STEPS))
+    (root / "job.yaml").write_text(SPEC.format(model=tiny_model_dir, sft=STEPS["sft"], dpo=STEPS["dpo"],
+                                               dpo_on_policy=STEPS["dpo-on-policy"]))
+    return write_bundle(load_spec(root / "job.yaml"), root, root / "bundles").path
+
+
+@pytest.fixture(scope="module")
+def translation_bundle(tmp_path_factory, tiny_model_dir) -> Path:
+    from mac.data_prep import prepare_translation
+
+    root = tmp_path_factory.mktemp("tiny-ko-en")
+    prepare_translation(str(SAMPLES / "ko-en"), root / "data", limit=64, test_limit=8)
+    (root / "job.yaml").write_text(TRANSLATION_SPEC.format(model=tiny_model_dir, **TR_STEPS))
     return write_bundle(load_spec(root / "job.yaml"), root, root / "bundles").path
 
 
@@ -73,42 +106,56 @@ def final_weights(store: Path, run_id: str, stage: str) -> dict:
     return load_file(store / "runs" / run_id / stage / "final" / "adapter_model.safetensors")
 
 
+def straight_run(bundle: Path, tmp: Path) -> Path:
+    store = tmp / "store"
+    result = run_trainer(bundle, store, "straight", tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return store
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(bundle_path, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("straight")
-    store = tmp / "store"
-    result = run_trainer(bundle_path, store, "straight", tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return store, result
+    return straight_run(bundle_path, tmp_path_factory.mktemp("straight")), None
 
 
-def test_every_recipe_trains_and_its_output_loads_with_peft(uninterrupted, tiny_model_dir):
+@pytest.fixture(scope="module")
+def translation_uninterrupted(translation_bundle, tmp_path_factory) -> Path:
+    return straight_run(translation_bundle, tmp_path_factory.mktemp("straight-ko-en"))
+
+
+def test_every_recipe_trains_and_its_output_loads_with_peft(uninterrupted, translation_uninterrupted, tiny_model_dir):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    store, result = uninterrupted
-    record = json.loads((store / "runs/straight/run.json").read_text())
-    assert {k: v["steps"] for k, v in record["stages"].items()} == STEPS
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.tensor([[1, 2, 3, 4]])
     base_logits = base(ids).logits
-    for stage in STEPS:
-        final = store / "runs/straight" / stage / "final"
-        assert (final / "_COMPLETE").exists() and (final / "tokenizer.json").exists()
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), final)
-        assert not torch.allclose(model(ids).logits, base_logits)  # the adapter learned something
-        metrics = [json.loads(line) for line in (store / "runs/straight" / stage / "metrics.jsonl").open()]
-        assert [m["step"] for m in metrics if "loss" in m and not m.get("final")] == list(range(1, STEPS[stage] + 1))
-        train_logs = [m for m in metrics if "loss" in m and not m.get("final")]
-        assert all("step_time" in m and "learning_rate" in m for m in train_logs), train_logs
-        assert any(m.get("tokens_per_s") for m in train_logs) or stage != "sft"
-        if stage == "grpo":
-            assert all("reward_mean" in m and "reward_std" in m for m in train_logs)
-        assert list((store / "runs/straight" / stage / "tensorboard").rglob("events.out.tfevents*"))
+    for store, steps in ((uninterrupted[0], STEPS), (translation_uninterrupted, TR_STEPS)):
+        record = json.loads((store / "runs/straight/run.json").read_text())
+        assert {k: v["steps"] for k, v in record["stages"].items()} == steps
+        for stage in steps:
+            final = store / "runs/straight" / stage / "final"
+            assert (final / "_COMPLETE").exists() and (final / "tokenizer.json").exists()
+            assert not (final / "ref").exists()  # TRL's frozen reference is not part of the output
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), final)
+            assert not torch.allclose(model(ids).logits, base_logits)  # the adapter learned something
+            metrics = [json.loads(line) for line in (store / "runs/straight" / stage / "metrics.jsonl").open()]
+            train_logs = [m for m in metrics if "loss" in m and not m.get("final")]
+            assert [m["step"] for m in train_logs] == list(range(1, steps[stage] + 1))
+            assert all("step_time" in m and "learning_rate" in m for m in train_logs), train_logs
+            assert any(m.get("tokens_per_s") for m in train_logs) or stage != "sft"
+            if stage == "grpo":
+                assert all("reward_mean" in m and "reward_std" in m for m in train_logs)
+                # the rewards differ between completions, so GRPO has gradients: its resume is a real check
+                assert any(m["reward_std"] > 0 for m in train_logs) and any(m["grad_norm"] > 0 for m in train_logs)
+            assert list((store / "runs/straight" / stage / "tensorboard").rglob("events.out.tfevents*"))
     # later stages continue the same adapter: DPO's final differs from SFT's and still loads on the base
+    store = uninterrupted[0]
     sft, dpo = final_weights(store, "straight", "sft"), final_weights(store, "straight", "dpo")
     assert sft.keys() == dpo.keys() and any(not torch.equal(sft[k], dpo[k]) for k in sft)
+    pairs = store / "runs/straight/dpo-on-policy/on_policy_pairs"
+    assert (pairs / "_COMPLETE").exists() and (pairs / "pairs.jsonl").read_text().strip()
 
 
 def test_finished_stages_are_not_rerun(uninterrupted, bundle_path, tmp_path):
@@ -116,54 +163,136 @@ def test_finished_stages_are_not_rerun(uninterrupted, bundle_path, tmp_path):
     before = (store / "runs/straight/run.json").read_text()
     result = run_trainer(bundle_path, store, "straight", tmp_path)
     assert result.returncode == 0
-    assert result.stderr.count("already complete") == 3
+    assert result.stderr.count("already complete") == len(STEPS)
     assert (store / "runs/straight/run.json").read_text() == before
 
 
-def _kill_at_checkpoint(proc: subprocess.Popen, store: Path, run_id: str, stage: str, step: int) -> None:
-    """kill -9 the trainer as soon as `stage`'s checkpoint `step` is complete in the store."""
-    marker = store / "runs" / run_id / stage / "checkpoints" / str(step) / "_COMPLETE"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if marker.exists():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"trainer ended before {stage} checkpoint {step}: {proc.stderr.read()[-2000:]}")
-        time.sleep(0.01)
-    raise AssertionError("no checkpoint appeared")
+def checkpoint_order(steps: dict[str, int], save_every: dict[str, int]) -> list[tuple[str, int]]:
+    return [(stage, step) for stage in steps for step in range(save_every[stage], steps[stage] + 1, save_every[stage])]
 
 
-def test_kill_9_in_each_stage_then_resume(uninterrupted, bundle_path, tmp_path):
+def run_until_done(bundle: Path, store: str, run_id: str, tmp: Path, faults: list[str], **extra_env: str) -> list[str]:
+    """Start the trainer again and again, the i-th process with FT_FAULT=faults[i % len(faults)], until
+    one exits 0. Returns the stderr of every process that was stopped (SIGKILL: -9, SIGTERM: 75)."""
+    stopped = []
+    environ = {**env(tmp), "FT_LEASE_TTL_S": "1", "FT_LEASE_WAIT_S": "60", **extra_env}
+    for attempt in range(60):
+        result = subprocess.run(trainer_cmd(bundle, store, run_id), env={**environ, "FT_FAULT": faults[attempt %
+                                len(faults)]}, capture_output=True, text=True, timeout=900)
+        if result.returncode == 0:
+            return stopped
+        assert result.returncode in (-signal.SIGKILL, 75), result.stderr[-3000:]
+        stopped.append(result.stderr)
+    raise AssertionError("the trainer never finished")
+
+
+def resumed_from(stderr: str) -> tuple[str, int] | None:
+    import re
+
+    found = re.findall(r"(\S+): resuming from checkpoint (\d+)", stderr.replace("\n", " "))
+    return (found[-1][0], int(found[-1][1])) if found else None
+
+
+def assert_same_finals(straight: Path, store: Path, run_id: str, stages) -> None:
     import torch
 
-    straight_store, _ = uninterrupted
-    store = tmp_path / "store"
-    rng = random.Random(os.getpid())
-    save_every = {"sft": 2, "dpo": 1, "grpo": 1}
-    for stage in STEPS:
-        # a random checkpoint before the last one, so the stage is always cut off mid-way
-        step = rng.choice(range(save_every[stage], STEPS[stage], save_every[stage]))
-        proc = subprocess.Popen(trainer_cmd(bundle_path, store, "preempted"), env=env(tmp_path),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _kill_at_checkpoint(proc, store, "preempted", stage, step)
-        assert not (store / "runs/preempted" / stage / "final" / "_COMPLETE").exists()
-    result = run_trainer(bundle_path, store, "preempted", tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "grpo: resuming from" in result.stderr.replace("\n", " ") or "grpo[/]: resuming" in result.stderr
-    record = json.loads((store / "runs/preempted/run.json").read_text())
-    assert {k: v["steps"] for k, v in record["stages"].items()} == STEPS
-    # Resuming restores weights, optimizer, scheduler, RNG and data position: the result equals the
-    # uninterrupted run's (no sample seen twice, none skipped).
-    for stage in ("sft", "dpo"):
-        a, b = final_weights(straight_store, "straight", stage), final_weights(store, "preempted", stage)
+    for stage in stages:
+        a, b = final_weights(straight, "straight", stage), final_weights(store, run_id, stage)
+        assert a.keys() == b.keys()
         for key in a:
-            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5,
-                                       msg=lambda m, s=stage, k=key: f"{s} {k}: {m}")
-    metrics = [json.loads(line) for line in (store / "runs/preempted/sft/metrics.jsonl").open()]
-    steps = [m["step"] for m in metrics if "loss" in m and not m.get("final")]
-    assert steps == list(range(1, STEPS["sft"] + 1))  # each step logged exactly once across the restarts
+            assert torch.equal(a[key], b[key]), f"{stage} {key}: max |Δ| {(a[key] - b[key]).abs().max()}"
+
+
+@pytest.mark.parametrize("job", ["math", "translation"])
+def test_kill_9_after_every_checkpoint_then_resume_is_exact(job, request, tmp_path):
+    """Exhaustive: each process is killed -9 right after its first new checkpoint is complete in the
+    store, so every checkpoint of every stage (the last one, before the final upload, included) is once
+    the point a restart resumes from; the final adapters equal the uninterrupted run's exactly."""
+    bundle, straight, steps, save_every = (
+        (request.getfixturevalue("bundle_path"), request.getfixturevalue("uninterrupted")[0], STEPS, SAVE_EVERY)
+        if job == "math" else (request.getfixturevalue("translation_bundle"),
+                               request.getfixturevalue("translation_uninterrupted"), TR_STEPS, TR_SAVE_EVERY))
+    store = tmp_path / "store"
+    stopped = run_until_done(bundle, str(store), "preempted", tmp_path, ["kill-after-checkpoint"])
+    order = checkpoint_order(steps, save_every)
+    assert len(stopped) == len(order)
+    # the first process resumes from nothing, the i-th from the (i-1)-th checkpoint
+    assert [resumed_from(e) for e in stopped] == [None, *order[:-1]]
+    record = json.loads((store / "runs/preempted/run.json").read_text())
+    assert {k: v["steps"] for k, v in record["stages"].items()} == steps
+    assert_same_finals(straight, store, "preempted", steps)
+    for stage in steps:  # each step logged exactly once across all the restarts
+        metrics = [json.loads(line) for line in (store / "runs/preempted" / stage / "metrics.jsonl").open()]
+        assert [m["step"] for m in metrics if "loss" in m and not m.get("final")] == list(range(1, steps[stage] + 1))
+
+
+@pytest.mark.integration
+def test_kill_9_mid_upload_and_after_checkpoints_on_s3(translation_bundle, translation_uninterrupted, tmp_path,
+                                                       moto_server):
+    """The same over S3 (moto_server): processes alternately die half-way through a checkpoint's upload
+    (no marker; objects left behind in its prefix) and right after the next one completes. Every
+    checkpoint is re-uploaded over a cut-off copy, and the store never blesses a mixture."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=moto_server["url"], aws_access_key_id="x", aws_secret_access_key="x",
+                      region_name="us-east-1")
+    s3.create_bucket(Bucket="kills")
+    aws = {"AWS_ENDPOINT_URL": moto_server["url"], "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    stopped = run_until_done(translation_bundle, "s3://kills/p", "preempted", tmp_path,
+                             ["kill-mid-upload", "kill-after-checkpoint"], **aws)
+    order = checkpoint_order(TR_STEPS, TR_SAVE_EVERY)
+    assert len(stopped) == 2 * len(order)
+    assert [resumed_from(e) for e in stopped[::2]] == [None, *order[:-1]]
+    local = tmp_path / "mirror"
+    for stage in TR_STEPS:
+        from trainer.store import open_store
+
+        open_store("s3://kills/p").download_dir(f"runs/preempted/{stage}/final", local / "runs/preempted" / stage /
+                                                "final", progress=False, require_manifest=True)
+    assert_same_finals(translation_uninterrupted, local, "preempted", TR_STEPS)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="kills", Prefix="p/runs/preempted/").get("Contents", [])]
+    for ckpt in {k.rsplit("/", 1)[0] for k in keys if k.endswith("/_COMPLETE") and "/checkpoints/" in k}:
+        manifest = json.loads(s3.get_object(Bucket="kills", Key=f"{ckpt}/_MANIFEST.json")["Body"].read())
+        under = {k[len(ckpt) + 1:] for k in keys if k.startswith(ckpt + "/")}
+        assert under == set(manifest["files"]) | {"_COMPLETE", "_MANIFEST.json"}, ckpt
+
+
+def test_sigterm_mid_stage_checkpoints_and_exits_75_in_every_stage(uninterrupted, bundle_path, tmp_path):
+    """A preemption notice: each process gets SIGTERM as its second step begins, saves a checkpoint at
+    that step (not a multiple of save_steps), exits 75, and the next resumes there, through every stage."""
+    straight, _ = uninterrupted
+    store = tmp_path / "store"
+    stopped = run_until_done(bundle_path, str(store), "sigterm", tmp_path, ["sigterm-at-step=2"])
+    assert stopped and all("SIGTERM: saving a checkpoint" in e and "exit 75" in e for e in stopped)
+    stages_stopped = {resumed_from(e)[0] for e in stopped[1:]}
+    assert stages_stopped >= {"sft", "dpo"}
+    assert any(step % SAVE_EVERY["sft"] for stage, step in map(resumed_from, stopped[1:]) if stage == "sft")
+    assert_same_finals(straight, store, "sigterm", STEPS)
+
+
+def test_second_sigterm_or_deadline_exits_75_without_a_marker(bundle_path, tmp_path):
+    for fault, extra in (("sigterm-twice-at-step=1", {}), ("sigterm-at-step=1", {"FT_SIGTERM_GRACE_S": "0"})):
+        store = tmp_path / fault / "store"
+        result = subprocess.run(trainer_cmd(bundle_path, store, "t"), capture_output=True, text=True, timeout=600,
+                                env={**env(tmp_path / fault), "FT_FAULT": fault, **extra})
+        assert result.returncode == 75, result.stderr[-3000:]
+        assert "preempted:" in result.stderr
+        assert not list((store / "runs/t/sft").rglob("_COMPLETE"))  # no checkpoint, no final
+
+
+def test_save_every_minutes_bounds_what_a_kill_loses(bundle_path, translation_bundle, tmp_path):
+    """`save_every_minutes` adds checkpoints between `save_steps` ones (here: after every step)."""
+    root = tmp_path / "job"
+    shutil.copytree(bundle_path.parent.parent / "data", root / "data")
+    spec = (bundle_path.parent.parent / "job.yaml").read_text().replace(
+        "save_steps: 2, save_total_limit: 5}", "save_steps: 100, save_total_limit: 10, save_every_minutes: 0.0001}", 1)
+    (root / "job.yaml").write_text(spec)
+    bundle = write_bundle(load_spec(root / "job.yaml"), root, root / "bundles").path
+    result = run_trainer(bundle, tmp_path / "store", "timed", tmp_path, "--stage", "sft")
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = sorted(int(p.name) for p in (tmp_path / "store/runs/timed/sft/checkpoints").iterdir())
+    assert steps == list(range(1, STEPS["sft"] + 1))
 
 
 def test_checkpoint_without_marker_is_ignored(uninterrupted, bundle_path, tmp_path):
@@ -353,24 +482,106 @@ def test_smollm2_sft_through_the_trainer(tmp_path, math_data, smollm2_dir):
     assert len(losses) == 2 and all(0 < x < 5 for x in losses)  # an instruct model starts with a sane loss
 
 
-def test_preempted_after_the_last_checkpoint_trains_no_extra_step(uninterrupted, bundle_path, tmp_path):
+def test_corrupt_newest_checkpoint_falls_back_to_the_one_before(uninterrupted, bundle_path, tmp_path):
+    """A checkpoint whose files do not match its manifest (bit rot, a hand edit, a broken copy) is not
+    resumed from: the trainer says so, resumes from the one before, and still ends exactly."""
+    straight_store, _ = uninterrupted
+    src = straight_store / "runs/straight/sft/checkpoints"
+    dest = tmp_path / "store/runs/fallback/sft/checkpoints"
+    for step in (2, 4):
+        shutil.copytree(src / str(step), dest / str(step))
+    weights = dest / "4" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    result = run_trainer(bundle_path, tmp_path / "store", "fallback", tmp_path, "--stage", "sft")
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = " ".join(result.stderr.split())
+    assert "checkpoint 4 is corrupt" in text and "falling back" in text and "resuming from checkpoint 2" in text
+    assert_same_finals(straight_store, tmp_path / "store", "fallback", ["sft"])
+
+
+def test_a_second_trainer_on_the_same_run_does_not_train(translation_bundle, tmp_path):
+    """One run, one writer: a live lease held by another trainer makes this one exit 75 before writing
+    anything; an expired lease (its holder died) is taken over."""
+    from trainer.lease import RunLease
+    from trainer.store import open_store
+
+    store = open_store(tmp_path / "store")
+    other = RunLease(store, "runs/twice/_LEASE", ttl=600, holder="other-vm:1234")
+    other.acquire()
+    try:
+        result = run_trainer(translation_bundle, tmp_path / "store", "twice", tmp_path, "--stage", "sft")
+        assert result.returncode == 75, result.stderr[-3000:]
+        assert "being trained by other-vm:1234" in " ".join(result.stderr.split())
+        assert store.list("runs/twice") == [("_LEASE", store.list("runs/twice")[0][1])]  # nothing else written
+    finally:
+        other._stop.set()  # the holder dies without releasing: its lease only expires
+    store.write_text("runs/twice/_LEASE", json.dumps({"holder": "other-vm:1234", "expires_at": time.time() - 1}))
+    result = run_trainer(translation_bundle, tmp_path / "store", "twice", tmp_path, "--stage", "sft")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not store.exists("runs/twice/_LEASE")  # released at the end
+
+
+@pytest.fixture
+def stopped_moto():
+    """A moto_server of the test's own, so freezing it (SIGSTOP) stalls nobody else."""
+    from conftest import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    import boto3
+
+    deadline = time.time() + 30
+    while True:
+        try:
+            boto3.client("s3", endpoint_url=url, aws_access_key_id="x", aws_secret_access_key="x",
+                         region_name="us-east-1").create_bucket(Bucket="frozen")
+            break
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    yield {"url": url, "proc": proc}
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_a_stalled_store_exits_75_and_a_missing_bucket_exits_2(translation_bundle, tmp_path, stopped_moto):
+    aws = {"AWS_ENDPOINT_URL": stopped_moto["url"], "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+           "AWS_DEFAULT_REGION": "us-east-1", "FT_STORE_TIMEOUT_S": "2", "AWS_MAX_ATTEMPTS": "1"}
+    missing = subprocess.run(trainer_cmd(translation_bundle, "s3://no-such-bucket/p", "m"), capture_output=True,
+                             text=True, timeout=300, env={**env(tmp_path), **aws})
+    assert missing.returncode == 2, missing.stderr[-3000:]
+    assert "no such bucket" in missing.stderr and "Traceback" not in missing.stderr
+    stopped_moto["proc"].send_signal(signal.SIGSTOP)  # the endpoint accepts connections and never answers
+    started = time.time()
+    stalled = subprocess.run(trainer_cmd(translation_bundle, "s3://frozen/p", "s"), capture_output=True, text=True,
+                             timeout=300, env={**env(tmp_path), **aws})
+    assert stalled.returncode == 75, stalled.stderr[-3000:]
+    assert "not answering" in stalled.stderr and "Traceback" not in stalled.stderr
+    assert time.time() - started < 120
+
+
+def test_preempted_after_the_last_checkpoint_trains_no_extra_step(uninterrupted, translation_uninterrupted,
+                                                                  bundle_path, translation_bundle, tmp_path):
     """A kill between the last checkpoint and the final upload: the restart finishes from that
     checkpoint with exactly max_steps and the same weights (the HF Trainer alone would run one step more)."""
-    import torch
-
     straight_store, _ = uninterrupted
-    for stage, steps in (("sft", STEPS["sft"]), ("grpo", STEPS["grpo"])):
+    for bundle, straight, stage, steps, before in (
+            (bundle_path, straight_store, "dpo", STEPS["dpo"], ["sft"]),
+            (translation_bundle, translation_uninterrupted, "grpo", TR_STEPS["grpo"], ["sft"])):
         store = tmp_path / stage / "store"
         run = store / "runs/last"
-        if stage == "grpo":  # earlier stages complete, as after a kill during GRPO
-            for done in ("sft", "dpo"):
-                shutil.copytree(straight_store / "runs/straight" / done, run / done)
-        shutil.copytree(straight_store / "runs/straight" / stage / "checkpoints" / str(steps),
+        for done in before:  # earlier stages complete, as after a kill during this one
+            shutil.copytree(straight / "runs/straight" / done, run / done)
+        shutil.copytree(straight / "runs/straight" / stage / "checkpoints" / str(steps),
                         run / stage / "checkpoints" / str(steps))
-        result = run_trainer(bundle_path, store, "last", tmp_path / stage)
+        result = run_trainer(bundle, store, "last", tmp_path / stage, "--stage", stage)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"checkpoint {steps}" in result.stderr
         assert json.loads((run / "run.json").read_text())["stages"][stage]["steps"] == steps
-        a, b = final_weights(straight_store, "straight", stage), final_weights(store, "last", stage)
-        for key in a:
-            torch.testing.assert_close(a[key], b[key])
+        assert_same_finals(straight, store, "last", [stage])

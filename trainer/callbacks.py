@@ -1,4 +1,5 @@
-"""Trainer callbacks: checkpoints to the store (marker last), and metrics.jsonl.
+"""Trainer callbacks: checkpoints to the store (marker last), checkpoints on SIGTERM and every few
+minutes (see trainer/preemption.py), and metrics.jsonl.
 
 The Hugging Face Trainer writes `checkpoint-N/` locally (weights, optimizer, scheduler, RNG state and
 trainer_state.json with the data position); this callback copies it to the store right after, so a
@@ -14,7 +15,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from trainer import faults
+from trainer.preemption import PreemptionGuard
 from trainer.runs import RunLayout
+from trainer.store import MARKER
 
 # TRL's log keys → ours (the report and the eval read these names)
 RENAMES = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", "learning_rate": "learning_rate"}
@@ -32,15 +36,32 @@ class StoreCheckpointCallback(TrainerCallback):
         if local.is_dir():
             if self.metrics_file.exists():  # metrics first: a resumed run continues the same file
                 self.layout.store.upload_file(self.metrics_file, self.layout.metrics(self.stage))
-            self.layout.store.upload_dir(local, self.layout.checkpoint(self.stage, state.global_step), progress=False)
+            self.layout.store.upload_dir(local, self.layout.checkpoint(self.stage, state.global_step), progress=False,
+                                         on_file=self._mid_upload_fault(local))
+            if faults.active("kill-after-checkpoint") is not None:
+                faults.kill9()
             self._prune()
         return control
+
+    @staticmethod
+    def _mid_upload_fault(local: Path):
+        if faults.active("kill-mid-upload") is None:
+            return None
+        half = max(1, sum(1 for p in local.rglob("*") if p.is_file()) // 2)
+        sent: list[str] = []
+
+        def on_file(rel: str) -> None:
+            sent.append(rel)
+            if len(sent) >= half:
+                faults.kill9()
+
+        return on_file
 
     def _prune(self) -> None:
         steps = self.layout.complete_checkpoints(self.stage)
         for step in steps[: max(0, len(steps) - self.keep)]:
             # Drop the marker first so a half-deleted checkpoint never looks complete.
-            self.layout.store.delete(f"{self.layout.checkpoint(self.stage, step)}/_COMPLETE")
+            self.layout.store.delete(f"{self.layout.checkpoint(self.stage, step)}/{MARKER}")
             self.layout.store.delete(self.layout.checkpoint(self.stage, step))
 
 
@@ -80,3 +101,50 @@ class MetricsCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _agree(flags: list[bool], device) -> list[bool]:
+    """Every rank must take the same decision at the same step, or a save would deadlock."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+class PreemptionCallback(TrainerCallback):
+    def __init__(self, guard: PreemptionGuard, save_every_minutes: float | None = None):
+        self.guard, self.save_every = guard, save_every_minutes
+        self.last_save = time.monotonic()
+        self.steps_here = 0  # steps trained by this process (for fault injection)
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.guard.in_training = True
+        self.last_save = time.monotonic()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.steps_here += 1
+        for name, times in (("sigterm-at-step", 1), ("sigterm-twice-at-step", 2)):
+            at = faults.active(name)
+            if at and int(at) == self.steps_here:
+                faults.sigterm(times)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        due = self.save_every is not None and time.monotonic() - self.last_save >= self.save_every * 60
+        stop, due = _agree([self.guard.requested, due], args.device)
+        if due or stop:
+            control.should_save = True
+        if stop:
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_save = time.monotonic()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.guard.in_training = False

@@ -16,14 +16,18 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 
 from trainer.bundle import Bundle, fetch_bundle
+from trainer.lease import RunLease
+from trainer.preemption import PreemptionGuard
 from trainer.runs import RunLayout, new_run_id
 from trainer.spec import StageBase
 from trainer.store import open_store
+from trainer.textio import read_lines
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -47,10 +51,9 @@ def _state():
 
 
 def _fetch_dir(layout: RunLayout, key: str, local: Path) -> Path:
-    """A complete folder from the store, downloaded once."""
+    """A complete folder from the store, verified against its manifest, downloaded once."""
     if not (local / ".fetched").exists():
         layout.store.download_dir(key, local, progress=False)
-        (local / "_COMPLETE").unlink(missing_ok=True)
         (local / ".fetched").touch()
     return local
 
@@ -66,35 +69,40 @@ def _init_from(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: st
     return None
 
 
-def _resume_point(layout: RunLayout, stage: str, output_dir: Path, metrics_file: Path) -> str | None:
-    steps = layout.complete_checkpoints(stage)
-    if not steps:
-        metrics_file.unlink(missing_ok=True)
-        return None
-    step = steps[-1]
-    local = output_dir / f"checkpoint-{step}"
-    if not (local / ".fetched").exists():
-        shutil.rmtree(local, ignore_errors=True)
-        _fetch_dir(layout, layout.checkpoint(stage, step), local)
-    try:  # the metrics written up to that checkpoint; later lines are re-logged after resuming
-        layout.store.download_file(layout.metrics(stage), metrics_file)
-    except FileNotFoundError:
-        metrics_file.unlink(missing_ok=True)
-    return str(local)
+def _stored_rows(layout: RunLayout, stage: str, work: Path, state) -> Callable[[Callable[[], list[dict]]], list[dict]]:
+    """Rows a stage makes for itself (on-policy DPO pairs): made once by the main process, stored
+    marker last, and read back from the store by every rank and by every later attempt, so a resumed
+    or re-run stage trains on exactly the same rows."""
+
+    def get(make: Callable[[], list[dict]]) -> list[dict]:
+        key = layout.on_policy_pairs(stage)
+        local = work / stage / "on_policy_pairs"
+        if not layout.store.is_complete(key):
+            if state.is_main_process:
+                rows = make()
+                fresh = work / stage / "on_policy_pairs.new"
+                shutil.rmtree(fresh, ignore_errors=True)
+                fresh.mkdir(parents=True)
+                (fresh / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                                   encoding="utf-8")
+                layout.store.upload_dir(fresh, key, progress=False)
+                shutil.rmtree(fresh, ignore_errors=True)
+            state.wait_for_everyone()
+        else:
+            console.print(f"[bold]{stage}[/]: using the on-policy pairs sampled before ({layout.store.url(key)})")
+        with state.local_main_process_first():
+            _fetch_dir(layout, key, local)
+        return [json.loads(line) for line in read_lines(local / "pairs.jsonl") if line.strip()]
+
+    return get
 
 
-def _finished(checkpoint: Path) -> bool:
-    """Whether a checkpoint was saved at the stage's last optimizer step."""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return state.get("max_steps", 0) > 0 and state.get("global_step", 0) >= state["max_steps"]
-
-
-def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, record: dict) -> int:
-    from trainer.callbacks import MetricsCallback, StoreCheckpointCallback
+def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, record: dict,
+              guard: PreemptionGuard) -> int:
+    from trainer.callbacks import MetricsCallback, PreemptionCallback, StoreCheckpointCallback
+    from trainer.preemption import Preempted
     from trainer.recipes.common import StageContext
+    from trainer.resume import checkpoint_step, finished, load_finished, make_resume_exact, resume_point
 
     state = _state()
     name = stage.stage_name
@@ -104,7 +112,7 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
     metrics_file = output_dir / "metrics.jsonl"
     with state.local_main_process_first():
         init_from = _init_from(layout, bundle, stage, previous, work)
-        resume = _resume_point(layout, name, output_dir, metrics_file)
+        resume = resume_point(layout, name, output_dir, metrics_file)
     reward_stage = getattr(stage, "reward_model", None)
     if reward_stage in [s.stage_name for s in bundle.spec.stages]:
         # `reward_model: <stage>` names a reward stage of this run: GRPO loads its merged model by path
@@ -112,14 +120,15 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
             path = _fetch_dir(layout, layout.final(reward_stage), work / reward_stage / "final")
         stage = stage.model_copy(update={"reward_model": str(path)})
     if resume:
-        step = int(resume.rsplit("-", 1)[1])
-        console.print(f"[bold]{name}[/]: resuming from checkpoint {step} "
-                      f"({layout.store.url(layout.checkpoint(name, step))})")
+        console.print(f"[bold]{name}[/]: resuming from checkpoint {checkpoint_step(resume)} "
+                      f"({layout.store.url(layout.checkpoint(name, checkpoint_step(resume)))})")
+    preemption = PreemptionCallback(guard, stage.save_every_minutes)
     ctx = StageContext(
         spec=bundle.spec, stage=stage, bundle=bundle, output_dir=output_dir, init_from=init_from,
         run_name=f"{layout.run_id}-{name}",
-        callbacks=[MetricsCallback(metrics_file, name),
+        callbacks=[MetricsCallback(metrics_file, name), preemption,
                    StoreCheckpointCallback(layout, name, output_dir, stage.save_total_limit, metrics_file)],
+        stored_rows=_stored_rows(layout, name, work, state),
     )
     if os.environ.get("WANDB_API_KEY"):
         # The run id comes from SKYPILOT_TASK_ID, so a recovered job continues the same W&B run.
@@ -129,15 +138,15 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
     recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
     started = time.time()
     trainer = recipe.build(ctx)
-    if resume and _finished(Path(resume)):
-        # Preempted after the last checkpoint but before the final upload. Resuming would run one
-        # step past max_steps (the Trainer checks the limit only after a step): load it instead.
-        from transformers import TrainerState
-
-        trainer._load_from_checkpoint(resume)
-        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+    make_resume_exact(trainer)
+    if resume and finished(resume):
+        # Preempted after the last checkpoint but before the final upload.
+        load_finished(trainer, resume)
     else:
-        trainer.train(resume_from_checkpoint=resume)
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if guard.requested:
+        raise Preempted(f"{name}: stopped on SIGTERM at step {preemption.stopped_at}, checkpoint in "
+                        f"{layout.store.url(layout.checkpoints(name))}")
     final = output_dir / "final"
     if hasattr(recipe, "finalize"):  # e.g. the reward model merges its LoRA into a full model
         if state.is_main_process:
@@ -147,6 +156,7 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
     steps = trainer.state.global_step
     if state.is_main_process:
         trainer.processing_class.save_pretrained(str(final))
+        shutil.rmtree(final / "ref", ignore_errors=True)  # TRL's frozen reference copy is not the stage's output
         layout.store.upload_dir(final, layout.final(name), progress=False)
         if metrics_file.exists():
             layout.store.upload_file(metrics_file, layout.metrics(name))
@@ -163,24 +173,51 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
 
 
 def run_bundle(bundle_uri: str, stage: str | None = None, run_id: str | None = None,
-               store_uri: str | None = None) -> RunLayout:
+               store_uri: str | None = None, guard: PreemptionGuard | None = None) -> RunLayout:
     state = _state()
+    guard = guard or PreemptionGuard()
     with state.local_main_process_first():
         bundle = fetch_bundle(bundle_uri, progress=state.is_main_process)
     spec = bundle.spec
     store = open_store(store_uri or os.environ.get("FT_STORE") or spec.store.uri)
     layout = RunLayout(store, run_id or new_run_id(spec.name))
+    names = [s.stage_name for s in spec.stages]
+    if stage is not None and stage not in names:
+        raise ValueError(f"--stage {stage}: no such stage (stages: {', '.join(names)})")
+    lease = RunLease(store, layout.lease, on_lost=_lease_lost) if state.is_main_process else None
+    if lease:
+        lease.acquire()  # one writer per run: a second trainer on this run id waits or exits 75
+    try:
+        _run_stages(layout, bundle, bundle_uri, stage, state, guard)
+    finally:
+        if lease:
+            lease.release()
+    return layout
+
+
+def _absolute(uri: str) -> str:
+    """A local bundle path as an absolute one, so the run can be found again from any directory."""
+    return uri if "://" in uri else str(Path(uri).resolve())
+
+
+def _lease_lost(holder: str) -> None:
+    console.print(f"[red]the run's lease was taken over by {holder} (this trainer stalled past its expiry); "
+                  f"stopping without writing more (exit {EXIT_RETRYABLE})[/]")
+    _write_exit_code(EXIT_RETRYABLE)
+    os._exit(EXIT_RETRYABLE)
+
+
+def _run_stages(layout: RunLayout, bundle: Bundle, bundle_uri: str, stage: str | None, state,
+                guard: PreemptionGuard) -> None:
+    spec, store = bundle.spec, layout.store
     record = layout.read_run()
     if record and record.get("bundle_id") != bundle.bundle_id:
         raise ValueError(f"run {layout.run_id} was started from bundle {record.get('bundle_id', '?')[:12]}, "
                          f"not {bundle.bundle_id[:12]}; use another --run-id")
-    record = record or {"run_id": layout.run_id, "bundle_id": bundle.bundle_id, "bundle_uri": bundle_uri,
+    record = record or {"run_id": layout.run_id, "bundle_id": bundle.bundle_id, "bundle_uri": _absolute(bundle_uri),
                         "spec": spec.resolved(), "stages": {}, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if state.is_main_process:
         layout.write_run(record)
-    names = [s.stage_name for s in spec.stages]
-    if stage is not None and stage not in names:
-        raise ValueError(f"--stage {stage}: no such stage (stages: {', '.join(names)})")
     previous: str | None = None
     for s in spec.stages:
         name = s.stage_name
@@ -189,13 +226,12 @@ def run_bundle(bundle_uri: str, stage: str | None = None, run_id: str | None = N
             if previous is not None and not store.is_complete(layout.final(previous)):
                 raise ValueError(f"stage {name} needs {previous}'s output; run that stage first")
             console.print(f"[bold cyan]▶ {name}[/] ({s.method}) → {store.url(layout.stage(name))}")
-            steps = run_stage(layout, bundle, s, previous, record)
+            steps = run_stage(layout, bundle, s, previous, record, guard)
             console.print(f"[green]✓ {name}[/]: {steps} steps")
         elif selected:
             console.print(f"[dim]✓ {name}: already complete in {store.url(layout.final(name))}; skipped[/]")
         if s.method != "reward":  # a reward model is a side branch; the policy adapter continues past it
             previous = name
-    return layout
 
 
 def summary(layout: RunLayout) -> dict:
@@ -245,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     from trainer.bundle import BundleError
+    from trainer.lease import LeaseHeld
     from trainer.models import CapabilityError
+    from trainer.preemption import Preempted
     from trainer.spec import SpecError
-    from trainer.store import StoreUnavailable
+    from trainer.store import StoreError, StoreUnavailable
 
     parser = argparse.ArgumentParser(prog="python -m trainer", description="Run a job bundle's training stages.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -260,14 +298,24 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--store", help="artifact store URI (default: $FT_STORE, else the spec's store.uri)")
     evaluate.add_argument("--limit", type=int, help="test items (default: the spec's evaluation.limit)")
     args = parser.parse_args(argv)
+    guard = PreemptionGuard(on_exit=_write_exit_code).install()
     try:
         if args.command == "run":
-            layout = run_bundle(args.bundle, args.stage, args.run_id, args.store)
+            layout = run_bundle(args.bundle, args.stage, args.run_id, args.store, guard)
         else:
             layout = evaluate_run(args.bundle, args.run_id, args.store, args.stage, args.limit)
+    except Preempted as e:
+        console.print(f"[yellow]preempted (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
+        return _write_exit_code(EXIT_RETRYABLE)
+    except LeaseHeld as e:
+        console.print(f"[yellow]another trainer holds this run (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
+        return _write_exit_code(EXIT_RETRYABLE)
     except StoreUnavailable as e:
         console.print(f"[red]store unavailable (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
         return _write_exit_code(EXIT_RETRYABLE)
+    except StoreError as e:
+        console.print(f"[red]store error (exit {EXIT_BAD_INPUT}):[/] {e}")
+        return _write_exit_code(EXIT_BAD_INPUT)
     except (BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError, PermissionError) as e:
         console.print(f"[red]error (exit {EXIT_BAD_INPUT}):[/] {e}")
         return _write_exit_code(EXIT_BAD_INPUT)

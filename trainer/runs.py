@@ -5,6 +5,8 @@
     runs/<run-id>/<stage>/final/                    PEFT adapter or full weights + tokenizer (+ _COMPLETE)
     runs/<run-id>/<stage>/metrics.jsonl             one JSON object per logging step
     runs/<run-id>/<stage>/tensorboard/              TensorBoard event files
+    runs/<run-id>/<stage>/on_policy_pairs/          DPO pairs sampled on-policy (+ _COMPLETE last)
+    runs/<run-id>/_LEASE                            held by the one trainer writing the run
     runs/<run-id>/eval/, runs/<run-id>/report/
 """
 
@@ -60,6 +62,14 @@ class RunLayout:
 
     def tensorboard(self, stage: str) -> str:
         return f"{self.stage(stage)}/tensorboard"
+
+    def on_policy_pairs(self, stage: str) -> str:
+        """DPO pairs sampled from the incoming model, stored once so a resumed stage trains on the same."""
+        return f"{self.stage(stage)}/on_policy_pairs"
+
+    @property
+    def lease(self) -> str:
+        return f"{self.root}/_LEASE"
 
     def complete_checkpoints(self, stage: str) -> list[int]:
         """Steps of the checkpoints whose completion marker exists, oldest first."""

@@ -2,16 +2,24 @@
 S3-compatible endpoint through AWS_ENDPOINT_URL). Bundles, checkpoints and artifacts all go through it.
 
 A folder counts as present only once its completion marker (`_COMPLETE`) is written, and the marker
-is always written last, so a copy cut off half-way never looks complete.
+is always written last, so a copy cut off half-way never looks complete. Just before the marker goes
+a manifest (`_MANIFEST.json`: sha256 and size of every file), so a reader takes exactly the files
+the writer meant (objects a cut-off earlier upload left behind are not among them) and can prove
+that what it downloaded is what was written.
+
+Errors: `StoreUnavailable` (timeouts, closed connections, 5xx, throttling: worth a retry) and
+`StoreError` (a missing bucket, denied access, a corrupt folder, a key escaping its folder: not).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,6 +33,8 @@ from rich.progress import (
 )
 
 MARKER = "_COMPLETE"
+MANIFEST = "_MANIFEST.json"
+STORE_FILES = {MARKER, MANIFEST}  # the store's own bookkeeping: never part of a folder's content
 SHA_META = "sha256"  # S3 object metadata key holding the content hash (idempotent uploads)
 CHUNK = 8 * 1024 * 1024
 
@@ -35,8 +45,35 @@ def cache_root() -> Path:
 
 
 class StoreUnavailable(RuntimeError):
-    """The store could not be reached (network, endpoint down). Retryable: the trainer exits with
-    EXIT_RETRYABLE so SkyPilot's job recovery starts it again."""
+    """The store could not be reached or did not answer in time (network, endpoint down, 5xx,
+    throttling). Retryable: the trainer exits with EXIT_RETRYABLE so SkyPilot's job recovery starts
+    it again."""
+
+
+class StoreError(ValueError):
+    """The store answered, and the answer will not change on a retry: no such bucket, access
+    denied, no credentials, a corrupt folder. Bad input (exit 2)."""
+
+
+class IntegrityError(StoreError):
+    """A folder in the store does not match its manifest (missing, resized or altered files)."""
+
+
+class UnsafeKey(StoreError):
+    """A key from a listing or a manifest that would land outside the folder it belongs to."""
+
+
+class Exists(Exception):
+    """`create_exclusive` found the key already there."""
+
+
+def safe_relative(rel: str, where: str = "") -> str:
+    """`rel` as a relative POSIX path that stays inside its folder (no `..`, no absolute path, no
+    empty or `.` segment, no backslash), else UnsafeKey."""
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
+        raise UnsafeKey(f"{where or 'store'}: refusing key {rel!r}: it would leave its folder")
+    return rel
 
 
 def sha256_file(path: Path) -> str:
@@ -97,10 +134,31 @@ class Store(ABC):
     @abstractmethod
     def delete(self, prefix: str) -> None: ...
 
+    @abstractmethod
+    def create_exclusive(self, key: str, text: str) -> None:
+        """Write `key` only if it does not exist yet (atomically), else raise Exists."""
+
     def url(self, key: str) -> str:
         return self.uri.rstrip("/") + "/" + key.strip("/")
 
     # Folders ---------------------------------------------------------------------------------
+    def manifest(self, key: str) -> dict[str, dict] | None:
+        """The folder's manifest {rel: {"sha256", "size"}}, or None when it has none."""
+        try:
+            data = json.loads(self.read_text(_join(key, MANIFEST)))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IntegrityError(f"{self.url(_join(key, MANIFEST))}: not a manifest ({e})") from None
+        files = data.get("files") if isinstance(data, dict) else None
+        if not isinstance(files, dict) or not all(
+                isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("size"), int)
+                for v in files.values()):
+            raise IntegrityError(f"{self.url(_join(key, MANIFEST))}: not a manifest (no files with sha256 and size)")
+        for rel in files:
+            safe_relative(rel, self.url(key))
+        return files
+
     def upload_dir(
         self,
         local: Path,
@@ -109,48 +167,87 @@ class Store(ABC):
         progress: bool = True,
         workers: int = 8,
         mark_complete: bool = True,
+        on_file: Callable[[str], None] | None = None,
     ) -> int:
-        """Upload a folder; identical files are skipped. The marker goes last. Returns files sent."""
-        files = [(rel, p) for rel, p in _local_files(Path(local)) if rel != MARKER]
+        """Upload a folder so that the store ends with exactly its files under the marker: identical
+        files are skipped, objects not in the folder (left by a cut-off earlier upload) are removed,
+        then the manifest and, last, the marker are written. Returns the number of files sent.
+        `on_file(rel)` is called after each file (progress hooks, fault injection)."""
+        files = [(rel, p) for rel, p in _local_files(Path(local)) if rel not in STORE_FILES]
+        digests = {rel: (hashes or {}).get(rel) or sha256_file(p) for rel, p in files}
+        wanted = {rel: {"sha256": digests[rel], "size": p.stat().st_size} for rel, p in files}
+        remote = dict(self.list(key))
+        exact = set(remote) - STORE_FILES == set(wanted) and all(remote[r] == m["size"] for r, m in wanted.items())
+        if mark_complete and exact and MARKER in remote and self.manifest(key) == wanted:
+            return 0  # already there, exactly
+        if MARKER in remote:  # from here until the new marker, the folder must not look complete
+            self.delete(_join(key, MARKER))
         total = sum(p.stat().st_size for _, p in files)
-        sent = 0
         with _progress(progress) as bar:
             task = bar.add_task(f"upload → {self.url(key)}", total=total)
 
             def one(item: tuple[str, Path]) -> bool:
                 rel, path = item
-                changed = self.upload_file(path, _join(key, rel), (hashes or {}).get(rel))
+                changed = self.upload_file(path, _join(key, rel), digests[rel])
                 bar.advance(task, path.stat().st_size)
+                if on_file:
+                    on_file(rel)
                 return changed
 
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 sent = sum(pool.map(one, files))
+        for rel in sorted(set(remote) - set(wanted) - STORE_FILES):
+            self.delete(_join(key, rel))
         if mark_complete:
+            self.write_text(_join(key, MANIFEST), json.dumps({"files": wanted}, indent=1, sort_keys=True))
             self.write_text(_join(key, MARKER), "")
         return sent
 
-    def download_dir(self, key: str, local: Path, progress: bool = True, workers: int = 8) -> None:
-        """Download a folder into `local` (written into a temporary sibling, then renamed)."""
+    def download_dir(self, key: str, local: Path, progress: bool = True, workers: int = 8,
+                     require_manifest: bool = False) -> None:
+        """Download a folder into `local`: exactly the manifest's files (when it has one), each checked
+        against its sha256, into a temporary folder of this call's own that is renamed into place at
+        the end, so a cut-off or concurrent download never leaves a half folder at `local`. Raises
+        IntegrityError when the folder does not match its manifest."""
         local = Path(local)
-        objects = self.list(key)
+        objects = dict(self.list(key))
         if not objects:
             raise FileNotFoundError(f"nothing at {self.url(key)}")
-        tmp = local.with_name(local.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        total = sum(size for _, size in objects)
-        with _progress(progress) as bar:
-            task = bar.add_task(f"download ← {self.url(key)}", total=total)
+        manifest = self.manifest(key) if MANIFEST in objects else None
+        if manifest is None and require_manifest:
+            raise IntegrityError(f"{self.url(key)}: no manifest")
+        if manifest is not None:
+            missing = sorted(rel for rel, meta in manifest.items() if objects.get(rel) != meta["size"])
+            if missing:
+                raise IntegrityError(f"{self.url(key)}: missing or resized: {', '.join(missing[:5])}")
+            wanted = {rel: meta["size"] for rel, meta in manifest.items()}
+        else:
+            wanted = {safe_relative(rel, self.url(key)): size for rel, size in objects.items()
+                      if rel not in STORE_FILES}
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", suffix=".partial", dir=local.parent))
+        try:
+            with _progress(progress) as bar:
+                task = bar.add_task(f"download ← {self.url(key)}", total=sum(wanted.values()))
 
-            def one(item: tuple[str, int]) -> None:
-                rel, size = item
-                self.download_file(_join(key, rel), tmp / rel)
-                bar.advance(task, size)
+                def one(item: tuple[str, int]) -> None:
+                    rel, size = item
+                    self.download_file(_join(key, rel), tmp / rel)
+                    if manifest is not None and sha256_file(tmp / rel) != manifest[rel]["sha256"]:
+                        raise IntegrityError(f"{self.url(_join(key, rel))}: content differs from the manifest")
+                    bar.advance(task, size)
 
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(one, objects))
-        if local.exists():
-            shutil.rmtree(local)
-        tmp.rename(local)
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    list(pool.map(one, sorted(wanted.items())))
+            if local.exists():
+                shutil.rmtree(local)
+            try:
+                tmp.rename(local)
+            except OSError:
+                if not local.is_dir():  # another process renamed its copy into place first: use it
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def is_complete(self, key: str) -> bool:
         return self.exists(_join(key, MARKER))
@@ -166,6 +263,18 @@ class LocalStore(Store):
 
     def _path(self, key: str) -> Path:
         return self.root / key.strip("/") if key.strip("/") else self.root
+
+    def create_exclusive(self, key: str, text: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            os.link(tmp, dest)  # atomic, and fails when dest exists: a reader never sees half a file
+        except FileExistsError:
+            raise Exists(self.url(key)) from None
+        finally:
+            tmp.unlink()
 
     def upload_file(self, local: Path, key: str, sha256: str | None = None) -> bool:
         dest = self._path(key)
@@ -215,6 +324,51 @@ class LocalStore(Store):
             target.unlink()
 
 
+# S3 error codes that a retry can outlive; any other 4xx is an answer that will not change.
+RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                   "ServiceUnavailable", "InternalError", "ExpiredToken", "RequestLimitExceeded", "BadGateway"}
+FINAL_CODES = {"NoSuchBucket": "no such bucket", "AccessDenied": "access denied",
+               "InvalidAccessKeyId": "the AWS access key is not valid",
+               "SignatureDoesNotMatch": "the AWS secret key does not match", "AllAccessDisabled": "access disabled"}
+
+
+def classify_s3_error(uri: str, error: BaseException) -> Exception | None:
+    """The store error a boto3/botocore exception stands for (None: not a store failure)."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(error, (NoCredentialsError, PartialCredentialsError)):
+        return StoreError(f"store {uri}: no AWS credentials (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                          "or an AWS profile)")
+    if isinstance(error, ClientError):
+        err = error.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in FINAL_CODES or code == "403" or status == 403:
+            return StoreError(f"store {uri}: {FINAL_CODES.get(code, 'access denied')} ({code or status})")
+        if code in RETRYABLE_CODES or status >= 500 or status == 429 or code.isdigit() and int(code) >= 500:
+            return StoreUnavailable(f"store {uri}: {code or status} (retryable)")
+        return StoreError(f"store {uri}: {code or status}: {err.get('Message', '')}".rstrip(": "))
+    if isinstance(error, S3UploadFailedError):  # boto3 wraps the ClientError's text in its message
+        text = str(error)
+        for code, reason in FINAL_CODES.items():
+            if code in text:
+                return StoreError(f"store {uri}: {reason} ({code})")
+        return StoreUnavailable(f"store {uri}: upload failed: {text.splitlines()[0][:300]}")
+    if isinstance(error, (ConnectionError, HTTPClientError, RetriesExceededError)):
+        return StoreUnavailable(f"store {uri} unreachable or not answering: {error}")
+    if isinstance(error, BotoCoreError):
+        return StoreUnavailable(f"store {uri}: {error}")
+    return None
+
+
 class S3Store(Store):
     def __init__(self, uri: str):
         import boto3
@@ -226,35 +380,34 @@ class S3Store(Store):
             raise ValueError(f"store URI {uri!r} has no bucket (expected s3://bucket/prefix)")
         self.uri = uri.rstrip("/")
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=32,
-                        connect_timeout=10, read_timeout=60)
+        # A stalled endpoint must end in a retryable error within minutes, not hang the job:
+        # FT_STORE_TIMEOUT_S bounds each request, AWS_MAX_ATTEMPTS the retries.
+        timeout = float(os.environ.get("FT_STORE_TIMEOUT_S") or 60)
+        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)
+        config = Config(retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=32,
+                        connect_timeout=min(10.0, timeout), read_timeout=timeout)
         self.client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, config=config)
-        self.transfer = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=8)
+        self.transfer = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=8,
+                                       num_download_attempts=attempts)
 
     def _key(self, key: str) -> str:
         return _join(self.prefix, key)
 
     def _call(self, fn, *args, **kwargs):
-        from botocore.exceptions import (
-            ClientError,
-            ConnectionError,
-            EndpointConnectionError,
-            NoCredentialsError,
-        )
+        from botocore.exceptions import ClientError
 
         try:
             return fn(*args, **kwargs)
-        except (EndpointConnectionError, ConnectionError) as e:
-            raise StoreUnavailable(f"store {self.uri} unreachable: {e}") from e
-        except NoCredentialsError as e:
-            raise StoreUnavailable(f"store {self.uri}: no AWS credentials in the environment") from e
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
-                raise FileNotFoundError(self.url(args[0] if args else "")) from None
-            if code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
-                raise StoreUnavailable(f"store {self.uri}: {code}") from e
-            raise
+        except Exception as e:
+            if isinstance(e, ClientError) and e.response.get("Error", {}).get("Code", "") in ("404", "NoSuchKey",
+                                                                                                "NotFound"):
+                full = kwargs.get("Key") or (args[1] if len(args) > 1 else "")
+                raise FileNotFoundError(self.url(full[len(self.prefix):] if full.startswith(self.prefix) else full)) \
+                    from None
+            mapped = classify_s3_error(self.uri, e)
+            if mapped is None:
+                raise
+            raise mapped from e
 
     def _head(self, key: str) -> dict | None:
         try:
@@ -265,7 +418,8 @@ class S3Store(Store):
     def upload_file(self, local: Path, key: str, sha256: str | None = None) -> bool:
         digest = sha256 or sha256_file(Path(local))
         head = self._head(key)
-        if head and head.get("Metadata", {}).get(SHA_META) == digest:
+        if head and head.get("Metadata", {}).get(SHA_META) == digest and head.get("ContentLength") == \
+                Path(local).stat().st_size:
             return False
         self._call(self.client.upload_file, str(local), self.bucket, self._key(key),
                    ExtraArgs={"Metadata": {SHA_META: digest}}, Config=self.transfer)
@@ -278,12 +432,24 @@ class S3Store(Store):
     def write_text(self, key: str, text: str) -> None:
         self._call(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=text.encode())
 
+    def create_exclusive(self, key: str, text: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:  # S3 conditional write: fails with 412 when the key exists
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=text.encode(), IfNoneMatch="*")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise Exists(self.url(key)) from None
+            raise classify_s3_error(self.uri, e) or e from e
+        except Exception as e:
+            mapped = classify_s3_error(self.uri, e)
+            if mapped is None:
+                raise
+            raise mapped from e
+
     def read_text(self, key: str) -> str:
-        try:
-            obj = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
-        except FileNotFoundError:
-            raise FileNotFoundError(self.url(key)) from None
-        return obj["Body"].read().decode("utf-8")
+        obj = self._call(self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return self._call(lambda: obj["Body"].read()).decode("utf-8")
 
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
@@ -301,6 +467,8 @@ class S3Store(Store):
 
     def delete(self, prefix: str) -> None:
         keys = [_join(self._key(prefix), rel) for rel, _ in self.list(prefix)]
+        if not keys and self._head(prefix) is not None:  # a single object
+            keys = [self._key(prefix)]
         for i in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[i : i + 1000]]
             self._call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": batch})

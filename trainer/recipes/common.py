@@ -4,6 +4,7 @@ previous stage's adapter), and the TrainingArguments fields that come from the s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ class StageContext:
     init_from: Path | None = None  # the previous stage's final/ (adapter or full weights)
     callbacks: list = field(default_factory=list)
     run_name: str = ""
+    # rows a stage makes for itself (on-policy pairs): made once, kept with the run, the same on resume
+    stored_rows: Callable[[Callable[[], list[dict]]], list[dict]] = lambda make: make()
 
 
 def load_dataset_file(path: Path, split: str = "train"):

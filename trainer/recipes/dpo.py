@@ -50,8 +50,8 @@ def build(ctx: StageContext):
         rows = load_dataset_file(ctx.bundle.data_path("grpo_train")).select_columns(["prompt", "answer"])
         rows = rows.shuffle(seed=stage.seed).select(range(min(stage.on_policy.prompts, len(rows))))
         p = stage.on_policy
-        pairs = on_policy_pairs(model, tokenizer, list(rows), p.samples_per_prompt, p.max_new_tokens,
-                                p.temperature, stage.seed)
+        pairs = ctx.stored_rows(lambda: on_policy_pairs(model, tokenizer, list(rows), p.samples_per_prompt,
+                                                        p.max_new_tokens, p.temperature, stage.seed))
         if not pairs:
             raise ValueError("on-policy DPO: every sampled solution was correct; no pairs to learn from")
         train = Dataset.from_list(pairs)
@@ -60,26 +60,4 @@ def build(ctx: StageContext):
     config = DPOConfig(**common_args(ctx), beta=stage.beta, loss_type=[stage.loss_type], max_length=stage.max_length)
     trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=ctx.callbacks)
-    _keep_reference_on_resume(trainer)
     return trainer
-
-
-def _keep_reference_on_resume(trainer) -> None:
-    """Continuing an adapter, TRL trains against a frozen copy of it (the PEFT adapter "ref"). Loading a
-    checkpoint to resume overwrites that copy with the checkpoint's trained weights, so after a
-    preemption the reference would silently become the policy at the checkpoint. Put it back."""
-    ref = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if ".ref." in name}
-    if not ref:
-        return
-    load = trainer._load_from_checkpoint
-
-    def load_keeping_reference(*args, **kwargs):
-        load(*args, **kwargs)
-        import torch
-
-        params = dict(trainer.model.named_parameters())
-        with torch.no_grad():
-            for name, value in ref.items():
-                params[name].copy_(value)
-
-    trainer._load_from_checkpoint = load_keeping_reference
