@@ -8,11 +8,12 @@ read from disk) the line.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUILTIN_MODEL = "builtin:smollm2-135m"
 
@@ -35,13 +36,49 @@ class SpecError(ValueError):
         super().__init__("invalid job spec\n  " + "\n  ".join(lines))
 
 
+# One grammar for every name that becomes a folder or a store key (stage names, run ids): letters,
+# digits, `.`, `_`, `-`; never `.`/`..` or anything containing `..`, so a name cannot climb out of its root.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Folders a run already uses beside its stages (runs/<id>/eval, report, run.json, _LEASE).
+RESERVED_STAGE_NAMES = frozenset({"eval", "report", "run.json", "_LEASE", "_COMPLETE"})
+
+
+def check_name(value: str, what: str = "name") -> str:
+    """`value` if it is a safe folder name, else ValueError saying why."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value) or ".." in value or value == ".":
+        raise ValueError(f"{what} {value!r} is not a safe name: use 1-128 letters, digits, '.', '_' or '-', "
+                         "and no '..'")
+    return value
+
+
+def _stage_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    check_name(value, "stage name")
+    if value in RESERVED_STAGE_NAMES:
+        raise ValueError(f"stage name {value!r} is reserved (the run uses that folder)")
+    return value
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_text)]
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `true` is not a batch size and "4" is not an int; finite: `.inf` / `.nan` never reach a trainer.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------- model
 class ModelSpec(Strict):
-    base: str = Field(description=f"Hub id, local folder, or `{BUILTIN_MODEL}`")
+    base: Text = Field(description=f"Hub id, local folder, or `{BUILTIN_MODEL}`")
     revision: str | None = None
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bf16 where the GPU supports it, fp32 on CPU"
@@ -75,12 +112,12 @@ class ModelSpec(Strict):
 class DataSpec(Strict):
     task: Literal["math", "translation"]
     source: str | None = Field(None, description="where `ft data prepare` took the data from (informational)")
-    sft_train: str | None = None
-    sft_valid: str | None = None
-    dpo_train: str | None = None
-    dpo_valid: str | None = None
-    grpo_train: str | None = None
-    test: str | None = None
+    sft_train: Text | None = None
+    sft_valid: Text | None = None
+    dpo_train: Text | None = None
+    dpo_valid: Text | None = None
+    grpo_train: Text | None = None
+    test: Text | None = None
     system_prompt: str | None = None
 
     def files(self) -> dict[str, str]:
@@ -91,11 +128,20 @@ class DataSpec(Strict):
 
 # ------------------------------------------------------------------------------ adapter / quant
 class LoraSpec(Strict):
-    r: int = Field(64, gt=0)
+    r: int = Field(64, gt=0, le=4096)
     alpha: float = Field(128, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
+    # an empty list would make PEFT wrap nothing (or fail) only once a GPU is rented
     target_modules: str | list[str] = Field("all-linear", description="`all-linear` or module names")
-    layers_to_transform: list[int] | None = None
+    layers_to_transform: Annotated[list[Annotated[int, Field(ge=0, le=4096)]], Field(min_length=1)] | None = None
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names or any(not n.strip() for n in names):
+            raise ValueError("name at least one module (or `all-linear`); empty names wrap nothing")
+        return value
 
 
 class QuantizationSpec(Strict):
@@ -113,21 +159,25 @@ class FinetuneSpec(Strict):
 
 # -------------------------------------------------------------------------------------- stages
 class StageBase(Strict):
-    name: str | None = Field(None, description="defaults to the method; unique within the job")
-    learning_rate: float = Field(gt=0)
-    epochs: float = Field(1, gt=0)
-    max_steps: int = Field(-1, description="overrides epochs when > 0")
-    per_device_train_batch_size: int = Field(4, gt=0)
-    gradient_accumulation_steps: int = Field(4, gt=0)
-    max_length: int = Field(2048, gt=0)
+    name: Annotated[str | None, AfterValidator(_stage_name)] = Field(
+        None, description="defaults to the method; unique within the job; letters, digits, `._-`")
+    learning_rate: float = Field(gt=0, le=1)
+    epochs: float = Field(1, gt=0, le=10_000)
+    max_steps: int = Field(-1, ge=-1, le=1_000_000_000, description="overrides epochs when > 0")
+    per_device_train_batch_size: int = Field(4, gt=0, le=65_536)
+    gradient_accumulation_steps: int = Field(4, gt=0, le=65_536)
+    max_length: int = Field(2048, gt=0, le=1_048_576)
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    lr_scheduler_type: str = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
+    # the schedulers transformers runs without extra kwargs or an eval loop
+    lr_scheduler_type: Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                               "constant_with_warmup", "inverse_sqrt"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0, le=10)
     gradient_checkpointing: bool = True
-    logging_steps: int = Field(10, gt=0)
-    save_steps: int = Field(100, gt=0, description="checkpoint to the store every N optimizer steps")
-    save_total_limit: int = Field(2, gt=0)
-    seed: int = 42
+    logging_steps: int = Field(10, gt=0, le=1_000_000_000)
+    save_steps: int = Field(100, gt=0, le=1_000_000_000,
+                            description="checkpoint to the store every N optimizer steps")
+    save_total_limit: int = Field(2, gt=0, le=1000)
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="numpy's seed range")
 
     @property
     def stage_name(self) -> str:
@@ -136,8 +186,8 @@ class StageBase(Strict):
 
 class SFTStage(StageBase):
     method: Literal["sft"] = "sft"
-    learning_rate: float = Field(2e-5, gt=0)
-    epochs: float = Field(3, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, le=1)
+    epochs: float = Field(3, gt=0, le=10_000)
     packing: bool = True
     assistant_only_loss: bool = Field(True, description="loss on the assistant's tokens only")
     init_adapter: Literal["prototype"] | None = Field(
@@ -146,17 +196,17 @@ class SFTStage(StageBase):
 
 
 class OnPolicyPairs(Strict):
-    prompts: int = Field(64, gt=0, description="training prompts to sample")
-    samples_per_prompt: int = Field(4, gt=0)
-    max_new_tokens: int = Field(256, gt=0)
-    temperature: float = Field(0.8, gt=0)
+    prompts: int = Field(64, gt=0, le=10_000_000, description="training prompts to sample")
+    samples_per_prompt: int = Field(4, gt=0, le=1024)
+    max_new_tokens: int = Field(256, gt=0, le=1_048_576)
+    temperature: float = Field(0.8, gt=0, le=100)
 
 
 class DPOStage(StageBase):
     method: Literal["dpo"] = "dpo"
-    learning_rate: float = Field(5e-7, gt=0)
-    epochs: float = Field(1, gt=0)
-    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(5e-7, gt=0, le=1)
+    epochs: float = Field(1, gt=0, le=10_000)
+    beta: float = Field(0.1, gt=0, le=1000)
     loss_type: Literal["sigmoid", "hinge", "ipo"] = "sigmoid"
     pairs: Literal["bundle", "on_policy"] = "bundle"
     on_policy: OnPolicyPairs = Field(default_factory=OnPolicyPairs)
@@ -167,15 +217,16 @@ RewardName = Literal["math_correctness", "format", "chrf"]
 
 class GRPOStage(StageBase):
     method: Literal["grpo"] = "grpo"
-    learning_rate: float = Field(1e-6, gt=0)
-    epochs: float = Field(1, gt=0)
-    num_generations: int = Field(4, ge=2)
-    max_completion_length: int = Field(512, gt=0)
-    temperature: float = Field(0.7, gt=0)
-    beta: float = Field(0.05, ge=0, description="KL coefficient")
+    learning_rate: float = Field(1e-6, gt=0, le=1)
+    epochs: float = Field(1, gt=0, le=10_000)
+    num_generations: int = Field(4, ge=2, le=1024)
+    max_completion_length: int = Field(512, gt=0, le=1_048_576)
+    temperature: float = Field(0.7, gt=0, le=100)
+    beta: float = Field(0.05, ge=0, le=1000, description="KL coefficient")
     rewards: list[RewardName] = Field(default_factory=lambda: ["math_correctness", "format"])
     reward_weights: list[float] | None = None
-    reward_model: str | None = Field(None, description="a reward model folder used as one more reward")
+    reward_model: Text | None = Field(
+        None, description="an earlier `reward` stage's name, an existing model folder, or a Hub id (org/name)")
     use_vllm: Literal["auto", "on", "off"] = "auto"
 
     @model_validator(mode="after")
@@ -196,8 +247,8 @@ class RewardModelStage(StageBase):
     (RewardTrainer) and use it as a GRPO reward."""
 
     method: Literal["reward"] = "reward"
-    learning_rate: float = Field(1e-5, gt=0)
-    epochs: float = Field(1, gt=0)
+    learning_rate: float = Field(1e-5, gt=0, le=1)
+    epochs: float = Field(1, gt=0, le=10_000)
 
 
 Stage = Annotated[SFTStage | DPOStage | GRPOStage | RewardModelStage, Field(discriminator="method")]
@@ -206,7 +257,7 @@ Stage = Annotated[SFTStage | DPOStage | GRPOStage | RewardModelStage, Field(disc
 # ----------------------------------------------------------------------------- infra sections
 class DistributedSpec(Strict):
     strategy: Literal["none", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3_offload"] = "none"
-    num_nodes: int = Field(1, gt=0)
+    num_nodes: int = Field(1, gt=0, le=1024)
 
 
 class ResourcesSpec(Strict):
@@ -215,7 +266,7 @@ class ResourcesSpec(Strict):
         default_factory=lambda: ["lambda", "aws", "runpod", "vast"]
     )
     use_spot: bool = True
-    disk_size: int = Field(256, gt=0, description="GB")
+    disk_size: int = Field(256, gt=0, le=65_536, description="GB")
     max_price_per_hour: float | None = Field(None, gt=0)
     max_cost_usd: float | None = Field(
         None, gt=0, description="budget for the whole job in $: `ft launch` refuses a plan estimated above it "
@@ -229,8 +280,8 @@ class StoreSpec(Strict):
 
 class EvaluationSpec(Strict):
     task: Literal["gsm8k", "translation"] | None = None
-    limit: int = Field(100, gt=0)
-    max_new_tokens: int = Field(512, gt=0)
+    limit: int = Field(100, gt=0, le=100_000_000)
+    max_new_tokens: int = Field(512, gt=0, le=1_048_576)
     lm_eval_tasks: list[str] = Field(default_factory=list)
 
 
@@ -240,7 +291,7 @@ class PrototypeSpec(Strict):
     model: str = Field(description="MLX model: an mlx-community id or a local folder")
     iters: int = Field(1000, gt=0)
     batch_size: int = Field(2, gt=0)
-    learning_rate: float = Field(2e-5, gt=0)
+    learning_rate: float = Field(2e-5, gt=0, le=1)
     num_layers: int = Field(16, description="LoRA on the last N layers (-1: all)")
     max_seq_length: int = Field(1024, gt=0)
     grad_checkpoint: bool = True
@@ -286,6 +337,10 @@ class JobSpec(Strict):
                 if j >= i or self.stages[j].method != "reward":
                     raise ValueError(f"stages[{i}].reward_model: {stage.reward_model!r} must name an earlier "
                                      "reward stage")
+            elif stage.method == "grpo" and stage.reward_model and not _names_a_model(stage.reward_model):
+                # caught here, not after the earlier stages trained for hours
+                raise ValueError(f"stages[{i}].reward_model: {stage.reward_model!r} is no stage of this job, no "
+                                 "existing folder and no Hub id (org/name)")
             if stage.method == "grpo" and "chrf" in stage.rewards and self.data.task != "translation":
                 raise ValueError(f"stages[{i}].rewards: chrf is a translation reward "
                                  f"(data.task is {self.data.task})")
@@ -308,7 +363,110 @@ class JobSpec(Strict):
         return data
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def _names_a_model(ref: str) -> bool:
+    """An existing local model folder, or something shaped like a Hub id (checked offline)."""
+    if HUB_ID.fullmatch(ref) and ".." not in ref and not Path(ref).exists():
+        return True
+    return Path(ref).expanduser().is_dir()
+
+
 # ------------------------------------------------------------------------------------ loading
+# Bounds on what one spec may cost to read: a spec is a page of settings, so anything past these is
+# hostile or a mistake, and refusing it early keeps `ft validate` and the trainer fast and flat.
+MAX_SPEC_BYTES = 1_000_000
+MAX_LINE = 4096
+MAX_DEPTH = 32
+MAX_INT_DIGITS = 30
+
+
+class _Refused(yaml.MarkedYAMLError):
+    pass
+
+
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with what makes a spec safe to read and unambiguous:
+    no aliases (an alias bomb expands exponentially), bounded nesting, duplicate keys are errors (not
+    last-wins), YAML 1.2 booleans (only true/false: `on`/`yes` stay strings) and floats (`2e-5` is a
+    number, not a string), bounded integers, and no lone surrogates (they cannot be written as UTF-8)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def _refuse(self, problem: str, mark: Any) -> None:
+        raise _Refused(problem=problem, problem_mark=mark)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._refuse("YAML aliases (*name) are not allowed in a job spec", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                self._refuse(f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                self._refuse("a mapping key must be a plain value", key_node.start_mark)
+            if first is not None:
+                self._refuse(f"duplicate key {key!r} (first at line {first}); YAML would keep only the last",
+                             key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_scalar(self, node: Any) -> Any:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and any("\ud800" <= ch <= "\udfff" for ch in value):
+            self._refuse("a lone surrogate (e.g. \\ud800) is not a character", node.start_mark)
+        return value
+
+    def construct_yaml_int(self, node: Any) -> Any:
+        if len(str(node.value)) > MAX_INT_DIGITS:
+            self._refuse(f"an integer of more than {MAX_INT_DIGITS} digits", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+SpecLoader.add_constructor("tag:yaml.org,2002:int", SpecLoader.construct_yaml_int)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse a spec's YAML with SpecLoader; SpecError naming the line for anything refused."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(source, [("", f"larger than {MAX_SPEC_BYTES:,} characters; a job spec is a page of settings")])
+    for number, line in enumerate(text.split("\n"), 1):
+        if len(line) > MAX_LINE:
+            raise SpecError(source, [(f"line {number}", f"longer than {MAX_LINE} characters")])
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        prefix = "" if isinstance(e, _Refused) else "not valid YAML: "
+        raise SpecError(source, [(where, f"{prefix}{problem}")]) from None
+    except (ValueError, RecursionError) as e:  # a constructor's own failure (a bad date, …): still the user's input
+        raise SpecError(source, [("", f"not valid YAML: {e}")]) from None
+
+
 def _yaml_lines(text: str) -> dict[tuple, int]:
     """Map each YAML path (keys and list indices) to its 1-based line, for error messages."""
     lines: dict[tuple, int] = {}
@@ -325,8 +483,8 @@ def _yaml_lines(text: str) -> dict[tuple, int]:
                 walk(item, path + (i,))
 
     try:
-        root = yaml.compose(text)
-    except yaml.YAMLError:
+        root = yaml.compose(text, Loader=SpecLoader)
+    except (yaml.YAMLError, ValueError, RecursionError):
         return lines
     if root is not None:
         walk(root, ())
@@ -343,11 +501,19 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
+_LEADING_PATH = re.compile(r"((?:stages|data|model|finetune|resources|distributed)(?:\[\d+\]|\.\w+)+)(?: \(\w+\))?: ")
+
+
 def problems_from(err: ValidationError, lines: dict[tuple, int] | None = None) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
         # Discriminated unions put the tag ('sft', 'dpo', ...) into the path; it is not a YAML key.
         loc = tuple(p for p in e["loc"] if p not in ("sft", "dpo", "grpo", "reward"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if not loc and (named := _LEADING_PATH.match(msg)):
+            # a whole-spec check names its field in the message: point at that field's line
+            loc = tuple(int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", named.group(1)))
+            msg = msg[named.end():]
         where = _format_loc(loc)
         line = None
         if lines:
@@ -355,7 +521,6 @@ def problems_from(err: ValidationError, lines: dict[tuple, int] | None = None) -
                 if loc[:cut] in lines:
                     line = lines[loc[:cut]]
                     break
-        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         if line and where:
@@ -383,13 +548,9 @@ def load_spec(path: str | Path) -> JobSpec:
         raise SpecError(str(path), [("", "file not found")]) from None
     except UnicodeDecodeError as e:
         raise SpecError(str(path), [("", f"not UTF-8 ({e.reason} at byte {e.start})")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(str(path), [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
-    return parse_spec(data, str(path), text)
+    except OSError as e:
+        raise SpecError(str(path), [("", f"cannot read ({e.strerror or e})")]) from None
+    return parse_spec(load_yaml(text, str(path)), str(path), text)
 
 
 def json_schema() -> str:
