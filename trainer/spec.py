@@ -177,6 +177,9 @@ class StageBase(Strict):
     save_steps: int = Field(100, gt=0, le=1_000_000_000,
                             description="checkpoint to the store every N optimizer steps")
     save_total_limit: int = Field(2, gt=0, le=1000)
+    save_every_minutes: float | None = Field(
+        None, gt=0, description="also checkpoint when this many minutes passed since the last one (bounds "
+        "what a kill -9 can lose)")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="numpy's seed range")
 
     @property
