@@ -9,8 +9,10 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err = Console(stderr=True)
@@ -32,7 +34,7 @@ class DataKind(str, Enum):
 
 
 def _die(message: str, code: int = EXIT_INVALID) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -74,14 +76,14 @@ def _print_reports(files: list, spec_findings: list, show: int = 20) -> None:
     for r in files:
         d = r.to_dict()["tokens"]
         tokens = "-" if d["min"] is None else f"{d['min']}/{d['mean']:.0f}/{d['max']}"
-        table.add_row(r.file, r.kind, str(r.rows), f"[red]{r.errors}[/]" if r.errors else "0",
+        table.add_row(Text(r.file), r.kind, str(r.rows), f"[red]{r.errors}[/]" if r.errors else "0",
                       f"[yellow]{r.warnings}[/]" if r.warnings else "0", str(r.duplicates), str(r.truncated), tokens)
     if files:
         console.print(table)
     findings = list(spec_findings) + [f for r in files for f in r.findings]
     for f in findings[:show]:
         color = "red" if f.severity == "error" else "yellow"
-        console.print(f"[{color}]{f}[/]", highlight=False, soft_wrap=True)
+        console.print(Text(str(f), style=color), highlight=False, soft_wrap=True)  # data is text, never markup
     if len(findings) > show:
         console.print(f"… and {len(findings) - show} more (use --json for all)")
 
@@ -162,13 +164,14 @@ def bundle(
         if not path:
             _die("usage: ft bundle verify PATH_OR_URI", EXIT_USAGE)
         try:
-            b = fetch_bundle(path, progress=not as_json)
+            b = fetch_bundle(path, progress=not as_json, use_cache=False)  # the remote objects, not a warm copy
         except (BundleError, FileNotFoundError) as e:
             _die(str(e))
         if as_json:
             print(json.dumps({"bundle_id": b.bundle_id, "path": str(b.path), "verified": True}))
         else:
-            console.print(f"[green]verified[/] {len(b.manifest['files'])} files, bundle {b.bundle_id[:12]} at {b.path}")
+            console.print(Text.assemble(("verified", "green"), f" {len(b.manifest['files'])} files, bundle "
+                                        f"{b.bundle_id[:12]} at {b.path}"))
         return
     from mac.validate_job import validate_job
 
@@ -188,11 +191,11 @@ def bundle(
     if as_json:
         print(json.dumps({"bundle_id": b.bundle_id, "path": str(b.path), **({"uri": uri} if uri else {})}))
     else:
-        console.print(f"[green]bundle[/] {b.bundle_id[:12]} → {b.path}")
+        console.print(f"[green]bundle[/] {b.bundle_id[:12]} → {escape(str(b.path))}")
         if b.prototype_adapter:
-            console.print(f"  includes the prototype adapter (PEFT) from {proto}")
+            console.print(f"  includes the prototype adapter (PEFT) from {escape(str(proto))}")
         if uri:
-            console.print(f"  pushed → {uri}")
+            console.print(f"  pushed → {escape(uri)}")
 
 
 class _null:

@@ -8,16 +8,24 @@ job's real tokenizer and chat template in batches. Every finding names the file 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["sft", "dpo", "grpo", "test"]
-ROLE_OF_KIND: dict[str, Kind] = {"sft_train": "sft", "sft_valid": "sft", "dpo_train": "dpo", "dpo_valid": "dpo",
-                                 "grpo_train": "grpo", "test": "test"}
-ROLES = {"system", "user", "assistant"}
+from trainer.textio import (
+    ROLE_OF_KIND,
+    Kind,
+    RowError,
+    canonical,
+    check_row,
+    iter_jsonl,
+    row_shape,
+    shape_problem,
+)
+
+__all__ = ["ROLE_OF_KIND", "Kind", "FileReport", "Finding", "check_row", "validate_file", "test_prompt_digests"]
+
 BATCH = 512
 MAX_FINDINGS_PER_FILE = 200  # keep reports readable; counts stay exact
 
@@ -68,76 +76,10 @@ class FileReport:
 
 
 # ------------------------------------------------------------------------------- row schemas
-def _messages(value: Any, where: str, last_role: str | None) -> str | None:
-    """Problem with a ChatML message list, or None."""
-    if not isinstance(value, list) or not value:
-        return f"{where}: expected a non-empty list of messages"
-    for i, m in enumerate(value):
-        if not isinstance(m, dict):
-            return f"{where}[{i}]: expected an object with 'role' and 'content'"
-        extra = set(m) - {"role", "content"}
-        if extra:
-            return f"{where}[{i}]: unknown keys {sorted(extra)}"
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            return f"{where}[{i}].role: {role!r} is not one of system, user, assistant"
-        if not isinstance(content, str) or not content.strip():
-            return f"{where}[{i}].content: empty or not a string"
-        if role == "system" and i != 0:
-            return f"{where}[{i}]: a system message may only come first"
-    turns = [m["role"] for m in value if m["role"] != "system"]
-    for i, role in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if last_role == "assistant-only":
-            expected = "assistant"
-        if role != expected:
-            return f"{where}: roles out of order (expected {expected} at turn {i + 1}, got {role})"
-    if last_role and last_role != "assistant-only" and turns and turns[-1] != last_role:
-        return f"{where}: the last message must be from the {last_role}"
-    if not turns:
-        return f"{where}: no user or assistant message"
-    return None
-
-
-def _text_or_messages(row: dict, key: str, last_role: str) -> str | None:
-    if key not in row:
-        return f"missing key '{key}'"
-    value = row[key]
-    if isinstance(value, str):
-        return None if value.strip() else f"{key}: empty"
-    return _messages(value, key, last_role)
-
-
-def check_row(row: Any, kind: Kind, answer_parser: Callable[[str], Any] | None) -> str | None:
-    if not isinstance(row, dict):
-        return "expected a JSON object per line"
-    if kind == "sft":
-        allowed = {"messages"}
-        problem = _messages(row.get("messages"), "messages", "assistant") if "messages" in row \
-            else "missing key 'messages'"
-    elif kind == "dpo":
-        allowed = {"prompt", "chosen", "rejected"}
-        problem = (_text_or_messages(row, "prompt", "user") or _text_or_messages(row, "chosen", "assistant-only")
-                   or _text_or_messages(row, "rejected", "assistant-only"))
-        if not problem and _canon(row["chosen"]) == _canon(row["rejected"]):
-            problem = "chosen and rejected are identical"
-    else:
-        allowed = {"prompt", "answer"}
-        problem = _text_or_messages(row, "prompt", "user")
-        if not problem:
-            answer = row.get("answer")
-            if not isinstance(answer, str) or not answer.strip():
-                problem = "answer: missing or empty"
-            elif answer_parser is not None and answer_parser(answer) is None:
-                problem = f"answer: the reward cannot parse a final answer from {answer[-40:]!r}"
-    if problem:
-        return problem
-    extra = set(row) - allowed
-    return f"unknown keys {sorted(extra)}" if extra else None
-
-
+# The reader and the row schema live in trainer.textio: the trainer checks a bundle's files with the very
+# same rules before it trains, so what passes here trains there.
 def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return canonical(value)
 
 
 def _digest(value: Any) -> bytes:
@@ -170,33 +112,43 @@ def conversation(row: dict, kind: Kind) -> list[dict] | str:
 
 # ------------------------------------------------------------------------------ streaming
 def _lines(path: Path, report: FileReport) -> Iterator[tuple[int, Any]]:
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                report.rows += 1
-                report.add(number, "error", f"not valid UTF-8 (byte {e.start})")
-                continue
-            if not text.strip():
-                continue
-            report.rows += 1
-            try:
-                yield number, json.loads(text)
-            except json.JSONDecodeError as e:
-                report.add(number, "error", f"not valid JSON: {e.msg} (column {e.colno})")
+    """Parsed rows (trainer.textio's strict reader); unreadable lines become findings."""
+    for number, row in iter_jsonl(path, report.file):
+        report.rows += 1
+        if isinstance(row, RowError):
+            report.add(number, "error", row.message)
+        else:
+            yield number, row
+
+
+LONG_TEXT = 64 * 1024  # characters; a longer text is counted piece by piece
 
 
 class TokenCounter:
-    """Batched token lengths with the job's tokenizer and chat template."""
+    """Batched token lengths with the job's tokenizer and chat template. A long text is counted in
+    pieces (the tokenizer's ids for a 50 MB row would take gigabytes), stopping once it is past
+    `stop_after` tokens: past max_length the exact count does not matter, only that it is truncated."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, stop_after: int | None = None):
         self.tokenizer = tokenizer
+        self.stop_after = stop_after
+
+    def _count(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _count_long(self, text: str) -> int:
+        total = 0
+        for start in range(0, len(text), LONG_TEXT):  # a piece boundary may split a token: ±1 per piece
+            total += self._count([text[start:start + LONG_TEXT]])[0]
+            if self.stop_after is not None and total > self.stop_after:
+                break
+        return total
 
     def lengths(self, items: list[list[dict] | str]) -> list[int]:
         texts = [x if isinstance(x, str) else self.tokenizer.apply_chat_template(x, tokenize=False) for x in items]
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [len(ids) for ids in encoded]
+        short = [t for t in texts if len(t) <= LONG_TEXT]
+        counted = iter(self._count(short) if short else [])
+        return [next(counted) if len(t) <= LONG_TEXT else self._count_long(t) for t in texts]
 
 
 def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: int | None = None,
@@ -207,7 +159,8 @@ def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: 
     if not path.is_file():
         report.add(None, "error", "file not found")
         return report
-    counter = TokenCounter(tokenizer) if tokenizer is not None else None
+    counter = TokenCounter(tokenizer, max_length) if tokenizer is not None else None
+    shape: tuple[int, str] | None = None
     seen: dict[bytes, int] = {}
     truncated_lines: list[int] = []
     pending: list[tuple[int, list[dict] | str]] = []
@@ -233,6 +186,12 @@ def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: 
             report.add(1, "error", "starts with a UTF-8 byte-order mark; save without BOM")
     for number, row in _lines(path, report):
         problem = check_row(row, kind, answer_parser if kind in ("grpo", "test") else None)
+        if not problem:
+            this = row_shape(row)
+            if shape is None:
+                shape = (number, this)
+            elif this != shape[1]:
+                problem = shape_problem(this, shape)
         if problem:
             report.add(number, "error", problem)
             continue

@@ -94,7 +94,7 @@ SPEC_CASES = [
     ("missing-sft-data", ("  sft_train: data/sft_train.jsonl\n", ""), "stages[0] (sft) needs data.sft_train"),
     ("missing-file", ("data/gsm8k_test.jsonl", "data/nope.jsonl"), "nope.jsonl: error: file not found"),
     ("chrf-on-math", ("num_generations: 2}", "num_generations: 2, rewards: [chrf]}"),
-     "stages[2].rewards: chrf is a translation reward"),
+     "stages[2].rewards (line 13): chrf is a translation reward"),
     ("multinode-runpod", ("stages:", "distributed: {num_nodes: 2}\nstages:"), "num_nodes > 1 runs on aws or lambda"),
     ("duplicate-stage", ("{method: dpo, max_length: 512}", "{method: sft, max_length: 512}"),
      "stage names must be unique; repeated: sft"),
