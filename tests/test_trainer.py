@@ -19,12 +19,12 @@ from trainer.spec import load_spec
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
-STEPS = {"sft": 6, "dpo": 4, "dpo-on-policy": 2}
-SAVE_EVERY = {"sft": 2, "dpo": 1, "dpo-on-policy": 1}
+STEPS = {"sft": 4, "dpo": 3, "dpo-on-policy": 2}
+SAVE_EVERY = {"sft": 2, "dpo": 1, "dpo-on-policy": 2}
 # GRPO needs a reward that varies between a tiny random model's completions, or it never learns and
 # its resume proves nothing: chrF against the reference translation does, so GRPO runs on ko-en.
-TR_STEPS = {"sft": 2, "grpo": 4}
-TR_SAVE_EVERY = {"sft": 1, "grpo": 1}
+TR_STEPS = {"sft": 2, "grpo": 3}
+TR_SAVE_EVERY = {"sft": 2, "grpo": 1}
 
 SPEC = """name: tiny
 model: {{base: {model}}}
@@ -47,7 +47,7 @@ stages:
       save_steps: 1, save_total_limit: 5}}
   - {{name: dpo-on-policy, method: dpo, pairs: on_policy, max_steps: {dpo_on_policy}, learning_rate: 1.0e-3,
       per_device_train_batch_size: 2, gradient_accumulation_steps: 1, max_length: 256, gradient_checkpointing: false,
-      logging_steps: 1, save_steps: 1, save_total_limit: 5,
+      logging_steps: 1, save_steps: 2, save_total_limit: 5,
       on_policy: {{prompts: 4, samples_per_prompt: 2, max_new_tokens: 8}}}}
 evaluation: {{task: gsm8k, limit: 2, max_new_tokens: 8}}
 """
@@ -59,7 +59,7 @@ finetune: {{method: lora, lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: 
 stages:
   - {{method: sft, max_steps: {sft}, learning_rate: 1.0e-3, per_device_train_batch_size: 2,
       gradient_accumulation_steps: 1, max_length: 256, gradient_checkpointing: false, logging_steps: 1,
-      save_steps: 1, save_total_limit: 5}}
+      save_steps: 2, save_total_limit: 5}}
   - {{method: grpo, max_steps: {grpo}, learning_rate: 1.0e-2, per_device_train_batch_size: 2,
       gradient_accumulation_steps: 1, num_generations: 2, max_completion_length: 8, max_length: 256,
       temperature: 1.0, rewards: [chrf], gradient_checkpointing: false, logging_steps: 1, save_steps: 1,
@@ -258,17 +258,25 @@ def test_kill_9_mid_upload_and_after_checkpoints_on_s3(translation_bundle, trans
         assert under == set(manifest["files"]) | {"_COMPLETE", "_MANIFEST.json"}, ckpt
 
 
-def test_sigterm_mid_stage_checkpoints_and_exits_75_in_every_stage(uninterrupted, bundle_path, tmp_path):
-    """A preemption notice: each process gets SIGTERM as its second step begins, saves a checkpoint at
-    that step (not a multiple of save_steps), exits 75, and the next resumes there, through every stage."""
-    straight, _ = uninterrupted
+@pytest.mark.parametrize("job", ["math", "translation"])
+def test_sigterm_mid_stage_checkpoints_and_exits_75(job, request, tmp_path):
+    """A preemption notice: each process gets SIGTERM as a step begins (its 3rd in the math job, 2nd in
+    ko-en), saves a checkpoint at that step whatever save_steps says, exits 75, and the next resumes
+    there: SFT, DPO and GRPO are each stopped mid-stage, and the finals equal the uninterrupted run's."""
+    if job == "math":
+        bundle, straight, steps, at = (request.getfixturevalue("bundle_path"),
+                                       request.getfixturevalue("uninterrupted")[0], STEPS, 3)
+        mid_stage = {("sft", 3), ("dpo", 2)}
+    else:
+        bundle, straight, steps, at = (request.getfixturevalue("translation_bundle"),
+                                       request.getfixturevalue("translation_uninterrupted"), TR_STEPS, 2)
+        mid_stage = {("grpo", 2)}
     store = tmp_path / "store"
-    stopped = run_until_done(bundle_path, str(store), "sigterm", tmp_path, ["sigterm-at-step=2"])
-    assert stopped and all("SIGTERM: saving a checkpoint" in e and "exit 75" in e for e in stopped)
-    stages_stopped = {resumed_from(e)[0] for e in stopped[1:]}
-    assert stages_stopped >= {"sft", "dpo"}
-    assert any(step % SAVE_EVERY["sft"] for stage, step in map(resumed_from, stopped[1:]) if stage == "sft")
-    assert_same_finals(straight, store, "sigterm", STEPS)
+    stopped = run_until_done(bundle, str(store), "sigterm", tmp_path, [f"sigterm-at-step={at}"])
+    assert all("SIGTERM: saving a checkpoint" in e and "exit 75" in " ".join(e.split()) for e in stopped)
+    resumed = {point for e in stopped[1:] if (point := resumed_from(e))}
+    assert mid_stage <= resumed, resumed
+    assert_same_finals(straight, store, "sigterm", steps)
 
 
 def test_second_sigterm_or_deadline_exits_75_without_a_marker(bundle_path, tmp_path):
@@ -287,6 +295,7 @@ def test_save_every_minutes_bounds_what_a_kill_loses(bundle_path, translation_bu
     shutil.copytree(bundle_path.parent.parent / "data", root / "data")
     spec = (bundle_path.parent.parent / "job.yaml").read_text().replace(
         "save_steps: 2, save_total_limit: 5}", "save_steps: 100, save_total_limit: 10, save_every_minutes: 0.0001}", 1)
+    assert "save_every_minutes" in spec
     (root / "job.yaml").write_text(spec)
     bundle = write_bundle(load_spec(root / "job.yaml"), root, root / "bundles").path
     result = run_trainer(bundle, tmp_path / "store", "timed", tmp_path, "--stage", "sft")

@@ -119,7 +119,6 @@ class PreemptionCallback(TrainerCallback):
     def __init__(self, guard: PreemptionGuard, save_every_minutes: float | None = None):
         self.guard, self.save_every = guard, save_every_minutes
         self.last_save = time.monotonic()
-        self.steps_here = 0  # steps trained by this process (for fault injection)
         self.stopped_at: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -127,11 +126,7 @@ class PreemptionCallback(TrainerCallback):
         self.last_save = time.monotonic()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.steps_here += 1
-        for name, times in (("sigterm-at-step", 1), ("sigterm-twice-at-step", 2)):
-            at = faults.active(name)
-            if at and int(at) == self.steps_here:
-                faults.sigterm(times)
+        faults.step_begins()
 
     def on_step_end(self, args, state, control, **kwargs):
         due = self.save_every is not None and time.monotonic() - self.last_save >= self.save_every * 60

@@ -3,7 +3,8 @@ anyone who wants to see a recovery happen on purpose. Each fault fires once per 
 
     kill-after-checkpoint      kill -9 this process right after a checkpoint is complete in the store
     kill-mid-upload            kill -9 it half-way through a checkpoint's upload (no marker yet)
-    sigterm-at-step=N          send this process SIGTERM as its N-th training step (counted here) begins
+    sigterm-at-step=N          send this process SIGTERM as its N-th training step begins (counted over
+                               all the stages this process trains)
     sigterm-twice-at-step=N    the same, twice in a row (the second must not wait for the checkpoint)
 """
 
@@ -24,6 +25,19 @@ def _faults() -> dict[str, str]:
 def active(name: str) -> str | None:
     """The fault's value ('' when it takes none), or None when it is not set."""
     return _faults().get(name)
+
+
+_steps_begun = 0
+
+
+def step_begins() -> None:
+    """Called as each training step begins: fires the SIGTERM faults."""
+    global _steps_begun
+    _steps_begun += 1
+    for name, times in (("sigterm-at-step", 1), ("sigterm-twice-at-step", 2)):
+        at = active(name)
+        if at and int(at) == _steps_begun:
+            sigterm(times)
 
 
 def kill9() -> None:
