@@ -190,7 +190,17 @@ def fetch(run: str, store_uri: str, to: Path, checkpoints: bool = False) -> Path
                if checkpoints or "/checkpoints/" not in f"/{rel}"]
     if not objects:
         raise FileNotFoundError(f"nothing at {store.url(ref.prefix)}")
-    dest = Path(to) / ref.run_id
+    from trainer.bundle import BundleError, safe_rel
+    from trainer.spec import check_name
+
+    dest = Path(to) / check_name(ref.run_id, "run id")
+    root = dest.resolve()
     for rel, _ in objects:
-        store.download_file(f"{ref.prefix}/{rel}", dest / rel)
+        try:  # a listed key with `..` or a leading `/` would write outside `to`
+            target = (dest / safe_rel(rel)).resolve()
+        except BundleError as e:
+            raise ValueError(f"{store.url(ref.prefix)}: {e}") from None
+        if not target.is_relative_to(root):
+            raise ValueError(f"{store.url(ref.prefix)}: refusing {rel!r}: it would leave {dest}")
+        store.download_file(f"{ref.prefix}/{rel}", target)
     return dest

@@ -19,6 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from trainer.spec import check_name
 from trainer.store import Store
 
 RUN_ID_PATTERN = re.compile(r"[^A-Za-z0-9._-]+")
@@ -36,6 +37,10 @@ def new_run_id(name: str) -> str:
 class RunLayout:
     store: Store
     run_id: str
+
+    def __post_init__(self) -> None:
+        # the run id becomes a store key and a local folder: one name grammar, no way out of runs/
+        check_name(self.run_id, "run id")
 
     @property
     def root(self) -> str:
