@@ -203,15 +203,12 @@ def assert_same_finals(straight: Path, store: Path, run_id: str, stages) -> None
             assert torch.equal(a[key], b[key]), f"{stage} {key}: max |Δ| {(a[key] - b[key]).abs().max()}"
 
 
-@pytest.mark.parametrize("job", ["math", "translation"])
-def test_kill_9_after_every_checkpoint_then_resume_is_exact(job, request, tmp_path):
+def test_kill_9_after_every_checkpoint_then_resume_is_exact(bundle_path, uninterrupted, tmp_path):
     """Exhaustive: each process is killed -9 right after its first new checkpoint is complete in the
     store, so every checkpoint of every stage (the last one, before the final upload, included) is once
-    the point a restart resumes from; the final adapters equal the uninterrupted run's exactly."""
-    bundle, straight, steps, save_every = (
-        (request.getfixturevalue("bundle_path"), request.getfixturevalue("uninterrupted")[0], STEPS, SAVE_EVERY)
-        if job == "math" else (request.getfixturevalue("translation_bundle"),
-                               request.getfixturevalue("translation_uninterrupted"), TR_STEPS, TR_SAVE_EVERY))
+    the point a restart resumes from; the final adapters equal the uninterrupted run's exactly.
+    (SFT, DPO on the bundle's pairs, on-policy DPO here; SFT and GRPO over S3 below.)"""
+    bundle, straight, steps, save_every = bundle_path, uninterrupted[0], STEPS, SAVE_EVERY
     store = tmp_path / "store"
     stopped = run_until_done(bundle, str(store), "preempted", tmp_path, ["kill-after-checkpoint"])
     order = checkpoint_order(steps, save_every)
@@ -227,11 +224,12 @@ def test_kill_9_after_every_checkpoint_then_resume_is_exact(job, request, tmp_pa
 
 
 @pytest.mark.integration
-def test_kill_9_mid_upload_and_after_checkpoints_on_s3(translation_bundle, translation_uninterrupted, tmp_path,
-                                                       moto_server):
-    """The same over S3 (moto_server): processes alternately die half-way through a checkpoint's upload
-    (no marker; objects left behind in its prefix) and right after the next one completes. Every
-    checkpoint is re-uploaded over a cut-off copy, and the store never blesses a mixture."""
+def test_kill_9_mid_upload_and_after_every_checkpoint_on_s3(translation_bundle, translation_uninterrupted, tmp_path,
+                                                             moto_server, monkeypatch):
+    """The same over S3 (moto_server), on the ko-en job (SFT → GRPO): the first process dies half-way
+    through its first checkpoint's upload (no marker, objects left behind in the prefix), the next ones
+    right after each next checkpoint. The cut-off checkpoint is re-uploaded over its remains, every
+    checkpoint is once a resume point, and the store never blesses a mixture."""
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=moto_server["url"], aws_access_key_id="x", aws_secret_access_key="x",
@@ -239,11 +237,13 @@ def test_kill_9_mid_upload_and_after_checkpoints_on_s3(translation_bundle, trans
     s3.create_bucket(Bucket="kills")
     aws = {"AWS_ENDPOINT_URL": moto_server["url"], "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
            "AWS_DEFAULT_REGION": "us-east-1"}
-    stopped = run_until_done(translation_bundle, "s3://kills/p", "preempted", tmp_path,
-                             ["kill-mid-upload", "kill-after-checkpoint"], **aws)
     order = checkpoint_order(TR_STEPS, TR_SAVE_EVERY)
-    assert len(stopped) == 2 * len(order)
-    assert [resumed_from(e) for e in stopped[::2]] == [None, *order[:-1]]
+    stopped = run_until_done(translation_bundle, "s3://kills/p", "preempted", tmp_path,
+                             ["kill-mid-upload"] + ["kill-after-checkpoint"] * (len(order) + 1), **aws)
+    assert len(stopped) == 1 + len(order)
+    assert [resumed_from(e) for e in stopped] == [None, None, *order[:-1]]
+    for name, value in aws.items():
+        monkeypatch.setenv(name, value)
     local = tmp_path / "mirror"
     for stage in TR_STEPS:
         from trainer.store import open_store
@@ -520,7 +520,9 @@ def test_a_second_trainer_on_the_same_run_does_not_train(translation_bundle, tmp
     other = RunLease(store, "runs/twice/_LEASE", ttl=600, holder="other-vm:1234")
     other.acquire()
     try:
-        result = run_trainer(translation_bundle, tmp_path / "store", "twice", tmp_path, "--stage", "sft")
+        result = subprocess.run(trainer_cmd(translation_bundle, tmp_path / "store", "twice", "--stage", "sft"),
+                                env={**env(tmp_path), "FT_LEASE_WAIT_S": "1"}, capture_output=True, text=True,
+                                timeout=600)
         assert result.returncode == 75, result.stderr[-3000:]
         assert "being trained by other-vm:1234" in " ".join(result.stderr.split())
         assert store.list("runs/twice") == [("_LEASE", store.list("runs/twice")[0][1])]  # nothing else written
@@ -594,3 +596,25 @@ def test_preempted_after_the_last_checkpoint_trains_no_extra_step(uninterrupted,
         assert f"checkpoint {steps}" in result.stderr
         assert json.loads((run / "run.json").read_text())["stages"][stage]["steps"] == steps
         assert_same_finals(straight, store, "last", [stage])
+
+
+def test_budget_reached_mid_stage_checkpoints_and_exits_3(translation_bundle, tmp_path):
+    """resources.max_cost_usd holds while running: on a (pretend) cloud node whose catalog price makes
+    every second expensive, the stage saves a checkpoint and exits 3 (not retried); run.json bills it.
+    SkyPilot's environment is written by hand here: there is no cloud to run on."""
+    cluster = {"SKYPILOT_CLUSTER_INFO": json.dumps({"cloud": "RunPod", "region": "CA", "zone": None}),
+               "SKYPILOT_NUM_NODES": "1", "SKYPILOT_NUM_GPUS_PER_NODE": "1",
+               "FT_PRICES": json.dumps([{"cloud": "runpod", "region": "CA", "instance_type": "1x_L40S",
+                                         "accelerator": "L40S", "count": 1, "spot": True,
+                                         "price_per_hour": 36000.0}]),
+               "FT_MAX_COST_USD": "0.5"}  # $10 a second: the budget is gone within the first step
+    store = tmp_path / "store"
+    result = subprocess.run(trainer_cmd(translation_bundle, store, "budget", "--stage", "sft"),
+                            env={**env(tmp_path), **cluster}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "budget reached" in result.stderr
+    record = json.loads((store / "runs/budget/run.json").read_text())
+    entry = record["stages"]["sft"]
+    assert entry["status"] == "stopped_budget" and entry["cost_usd"] > 0.5
+    assert record["cost"]["price_per_hour"] == 36000.0 and record["cost"]["instance"]["cloud"] == "runpod"
+    assert list((store / "runs/budget/sft/checkpoints").glob("*/_COMPLETE"))

@@ -25,9 +25,11 @@ RENAMES = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", 
 
 
 class StoreCheckpointCallback(TrainerCallback):
-    def __init__(self, layout: RunLayout, stage: str, output_dir: Path, keep: int, metrics_file: Path):
+    def __init__(self, layout: RunLayout, stage: str, output_dir: Path, keep: int, metrics_file: Path,
+                 after_upload=None):
         self.layout, self.stage, self.output_dir, self.keep = layout, stage, Path(output_dir), keep
         self.metrics_file = metrics_file
+        self.after_upload = after_upload  # e.g. move the bill's clock in run.json
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -41,6 +43,8 @@ class StoreCheckpointCallback(TrainerCallback):
             if faults.active("kill-after-checkpoint") is not None:
                 faults.kill9()
             self._prune()
+            if self.after_upload:
+                self.after_upload()
         return control
 
     @staticmethod

@@ -34,7 +34,9 @@ class RunLease:
     store: Store
     key: str  # e.g. runs/<id>/_LEASE
     ttl: float = field(default_factory=lambda: _env_seconds("FT_LEASE_TTL_S", 90))
-    wait: float = field(default_factory=lambda: _env_seconds("FT_LEASE_WAIT_S", 0))
+    # by default long enough for a dead holder's lease to expire, not long enough to hide a live one
+    wait: float = field(default_factory=lambda: _env_seconds(
+        "FT_LEASE_WAIT_S", _env_seconds("FT_LEASE_TTL_S", 90) + 30))
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     on_lost: object = None  # callable run when the lease is found taken over
     _stop: threading.Event = field(default_factory=threading.Event)

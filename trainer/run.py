@@ -97,8 +97,28 @@ def _stored_rows(layout: RunLayout, stage: str, work: Path, state) -> Callable[[
     return get
 
 
+class BudgetReached(Exception):
+    """The run's spend reached resources.max_cost_usd: checkpoint saved, exit 3, not retried."""
+
+
+def _where_and_price(spec) -> tuple:
+    """The instance this node runs on (SkyPilot's environment; None locally), its catalog price (from
+    the launch's FT_PRICES) and the budget."""
+    from trainer import cost
+    from trainer.models import has_cuda
+
+    device = None
+    if has_cuda():
+        import torch
+
+        device = torch.cuda.get_device_name(0)
+    instance, price = cost.instance_price(cost.instance_from_env(), cost.prices_from_env(), device)
+    return instance, price, cost.budget_from_env() or spec.resources.max_cost_usd
+
+
 def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, record: dict,
               guard: PreemptionGuard) -> int:
+    from trainer import cost
     from trainer.callbacks import MetricsCallback, PreemptionCallback, StoreCheckpointCallback
     from trainer.preemption import Preempted
     from trainer.recipes.common import StageContext
@@ -122,12 +142,29 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
     if resume:
         console.print(f"[bold]{name}[/]: resuming from checkpoint {checkpoint_step(resume)} "
                       f"({layout.store.url(layout.checkpoint(name, checkpoint_step(resume)))})")
+    # The bill: one attempt per process that runs this stage, its clock moved at every checkpoint.
+    instance, price, budget = _where_and_price(bundle.spec)
+    entry = record["stages"].setdefault(name, {"status": "running", "method": stage.method})
+    cost.open_attempt(entry, instance, price)
+
+    def bill() -> None:
+        if state.is_main_process:
+            cost.touch_attempt(entry)
+            layout.write_run(record)
+
+    bill()
     preemption = PreemptionCallback(guard, stage.save_every_minutes)
+    callbacks = [MetricsCallback(metrics_file, name), preemption,
+                 StoreCheckpointCallback(layout, name, output_dir, stage.save_total_limit, metrics_file,
+                                         after_upload=bill)]
+    budget_cb = None
+    if price is not None and budget is not None:
+        budget_cb = cost.BudgetCallback(price, budget, nodes=instance.nodes if instance else 1,
+                                        spent_before_usd=cost.run_spend(record))
+        callbacks.append(budget_cb)
     ctx = StageContext(
         spec=bundle.spec, stage=stage, bundle=bundle, output_dir=output_dir, init_from=init_from,
-        run_name=f"{layout.run_id}-{name}",
-        callbacks=[MetricsCallback(metrics_file, name), preemption,
-                   StoreCheckpointCallback(layout, name, output_dir, stage.save_total_limit, metrics_file)],
+        run_name=f"{layout.run_id}-{name}", callbacks=callbacks,
         stored_rows=_stored_rows(layout, name, work, state),
     )
     if os.environ.get("WANDB_API_KEY"):
@@ -144,7 +181,12 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
         load_finished(trainer, resume)
     else:
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if budget_cb is not None and budget_cb.stopped_for_budget:
+        entry["status"] = "stopped_budget"
+        bill()
+        raise BudgetReached(cost.budget_message(budget_cb.spend_usd, budget, name, trainer.state.global_step))
     if guard.requested:
+        bill()
         raise Preempted(f"{name}: stopped on SIGTERM at step {preemption.stopped_at}, checkpoint in "
                         f"{layout.store.url(layout.checkpoints(name))}")
     final = output_dir / "final"
@@ -163,9 +205,9 @@ def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str
         tb = output_dir / "runs"
         if tb.is_dir():
             layout.store.upload_dir(tb, layout.tensorboard(name), progress=False, mark_complete=False)
-        record["stages"][name] = {"status": "done", "method": stage.method, "final": layout.final(name),
-                                  "steps": steps, "seconds": round(time.time() - started, 1)}
-        layout.write_run(record)
+        entry.update(status="done", method=stage.method, final=layout.final(name), steps=steps,
+                     seconds=round(time.time() - started, 1))
+        bill()
     state.wait_for_everyone()
     del trainer
     gc.collect()
@@ -216,6 +258,11 @@ def _run_stages(layout: RunLayout, bundle: Bundle, bundle_uri: str, stage: str |
                          f"not {bundle.bundle_id[:12]}; use another --run-id")
     record = record or {"run_id": layout.run_id, "bundle_id": bundle.bundle_id, "bundle_uri": _absolute(bundle_uri),
                         "spec": spec.resolved(), "stages": {}, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    instance, price, budget = _where_and_price(spec)
+    from trainer import cost
+
+    record["cost"] = {**record.get("cost", {}), **cost.cost_record(instance, price, budget)}
+    record["price_per_hour"] = price
     if state.is_main_process:
         layout.write_run(record)
     previous: str | None = None
@@ -237,8 +284,9 @@ def _run_stages(layout: RunLayout, bundle: Bundle, bundle_uri: str, stage: str |
 def summary(layout: RunLayout) -> dict:
     record = layout.read_run()
     return {"run_id": layout.run_id, "store": layout.store.uri,
-            "stages": {k: {"steps": v.get("steps"), "final": layout.store.url(v["final"])}
-                       for k, v in record.get("stages", {}).items()}}
+            "stages": {k: {"steps": v.get("steps"), "final": layout.store.url(v["final"]),
+                           "cost_usd": v.get("cost_usd")}
+                       for k, v in record.get("stages", {}).items() if v.get("status") == "done"}}
 
 
 def evaluate_run(bundle_uri: str, run_id: str | None = None, store_uri: str | None = None,
@@ -304,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             layout = run_bundle(args.bundle, args.stage, args.run_id, args.store, guard)
         else:
             layout = evaluate_run(args.bundle, args.run_id, args.store, args.stage, args.limit)
+    except BudgetReached as e:
+        from trainer.cost import EXIT_BUDGET
+
+        console.print(f"[yellow]{e}[/]")
+        return _write_exit_code(EXIT_BUDGET)
     except Preempted as e:
         console.print(f"[yellow]preempted (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
         return _write_exit_code(EXIT_RETRYABLE)
