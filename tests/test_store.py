@@ -126,6 +126,10 @@ def test_reupload_over_a_cut_off_copy_ends_with_exactly_the_manifest(store, tmp_
     store.upload_file(stale, "ckpt/a.txt")
     assert store.upload_dir(src, "ckpt", progress=False) == 1 and store.read_text("ckpt/a.txt") == "alpha"
     assert store.upload_dir(src, "ckpt", progress=False) == 0
+    same_size = tmp_path / "same-size.txt"
+    same_size.write_text("alphX")  # same size, other content: the listing alone cannot tell
+    store.upload_file(same_size, "ckpt/a.txt")
+    assert store.upload_dir(src, "ckpt", progress=False) == 1 and store.read_text("ckpt/a.txt") == "alpha"
 
 
 def test_download_takes_only_manifest_files_and_checks_their_hashes(store, tmp_path):

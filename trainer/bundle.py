@@ -167,7 +167,7 @@ def _hash_tree(root: Path) -> dict[str, dict]:
             mode = path.lstat().st_mode
             if stat.S_ISLNK(mode):
                 raise BundleError(f"{root}: {rel} is a symlink; a bundle holds plain files only")
-            if stat.S_ISREG(mode) and rel not in (MANIFEST, MARKER):
+            if stat.S_ISREG(mode) and rel != MANIFEST and rel not in STORE_FILES:
                 files[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
             elif not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
                 raise BundleError(f"{root}: {rel} is not a plain file")
@@ -290,15 +290,10 @@ def bundle_key(bundle: Bundle) -> str:
 
 
 def push_bundle(bundle: Bundle, store_uri: str, progress: bool = True) -> str:
-    """Upload to `<store>/bundles/<name>-<id12>`; skipped when a complete copy with the same id is there."""
+    """Upload to `<store>/bundles/<name>-<id12>`. A complete identical copy costs one check per file and
+    is left alone; whatever differs (a changed, missing or extra object) is repaired."""
     store = open_store(store_uri)
     key = bundle_key(bundle)
-    if store.is_complete(key):
-        try:
-            if json.loads(store.read_text(f"{key}/{MANIFEST}")).get("bundle_id") == bundle.bundle_id:
-                return store.url(key)
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
     hashes = {rel: f["sha256"] for rel, f in bundle.manifest["files"].items()}
     store.upload_dir(bundle.path, key, hashes=hashes, progress=progress)
     return store.url(key)

@@ -135,6 +135,10 @@ class Store(ABC):
     def delete(self, prefix: str) -> None: ...
 
     @abstractmethod
+    def holds(self, key: str, sha256: str) -> bool:
+        """Whether the object at `key` has this content."""
+
+    @abstractmethod
     def create_exclusive(self, key: str, text: str) -> None:
         """Write `key` only if it does not exist yet (atomically), else raise Exists."""
 
@@ -178,8 +182,9 @@ class Store(ABC):
         wanted = {rel: {"sha256": digests[rel], "size": p.stat().st_size} for rel, p in files}
         remote = dict(self.list(key))
         exact = set(remote) - STORE_FILES == set(wanted) and all(remote[r] == m["size"] for r, m in wanted.items())
-        if mark_complete and exact and MARKER in remote and self.manifest(key) == wanted:
-            return 0  # already there, exactly
+        if mark_complete and exact and MARKER in remote and self.manifest(key) == wanted and all(
+                self.holds(_join(key, rel), meta["sha256"]) for rel, meta in wanted.items()):
+            return 0  # already there, exactly (each object's content checked, not just its size)
         if MARKER in remote:  # from here until the new marker, the folder must not look complete
             self.delete(_join(key, MARKER))
         total = sum(p.stat().st_size for _, p in files)
@@ -263,6 +268,10 @@ class LocalStore(Store):
 
     def _path(self, key: str) -> Path:
         return self.root / key.strip("/") if key.strip("/") else self.root
+
+    def holds(self, key: str, sha256: str) -> bool:
+        path = self._path(key)
+        return path.is_file() and sha256_file(path) == sha256
 
     def create_exclusive(self, key: str, text: str) -> None:
         dest = self._path(key)
@@ -414,6 +423,10 @@ class S3Store(Store):
             return self._call(self.client.head_object, Bucket=self.bucket, Key=self._key(key))
         except FileNotFoundError:
             return None
+
+    def holds(self, key: str, sha256: str) -> bool:
+        head = self._head(key)  # the sha256 we stored as metadata with the object
+        return bool(head) and head.get("Metadata", {}).get(SHA_META) == sha256
 
     def upload_file(self, local: Path, key: str, sha256: str | None = None) -> bool:
         digest = sha256 or sha256_file(Path(local))
