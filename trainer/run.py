@@ -346,32 +346,32 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--store", help="artifact store URI (default: $FT_STORE, else the spec's store.uri)")
     evaluate.add_argument("--limit", type=int, help="test items (default: the spec's evaluation.limit)")
     args = parser.parse_args(argv)
+    from rich.markup import escape
+
+    from trainer.cost import EXIT_BUDGET
+
+    # Deliberate classification, first match wins (LeaseHeld is a StoreUnavailable, StoreError a ValueError).
+    outcomes: list[tuple[tuple[type[BaseException], ...], str, int]] = [
+        ((BudgetReached,), "stopped", EXIT_BUDGET),
+        ((Preempted,), "preempted", EXIT_RETRYABLE),
+        ((LeaseHeld,), "another trainer holds this run", EXIT_RETRYABLE),
+        ((StoreUnavailable,), "store unavailable", EXIT_RETRYABLE),
+        ((StoreError,), "store error", EXIT_BAD_INPUT),
+        ((BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError, PermissionError), "error",
+         EXIT_BAD_INPUT),
+    ]
     guard = PreemptionGuard(on_exit=_write_exit_code).install()
     try:
         if args.command == "run":
             layout = run_bundle(args.bundle, args.stage, args.run_id, args.store, guard)
         else:
             layout = evaluate_run(args.bundle, args.run_id, args.store, args.stage, args.limit)
-    except BudgetReached as e:
-        from trainer.cost import EXIT_BUDGET
-
-        console.print(f"[yellow]{e}[/]")
-        return _write_exit_code(EXIT_BUDGET)
-    except Preempted as e:
-        console.print(f"[yellow]preempted (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
-        return _write_exit_code(EXIT_RETRYABLE)
-    except LeaseHeld as e:
-        console.print(f"[yellow]another trainer holds this run (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
-        return _write_exit_code(EXIT_RETRYABLE)
-    except StoreUnavailable as e:
-        console.print(f"[red]store unavailable (retryable, exit {EXIT_RETRYABLE}):[/] {e}")
-        return _write_exit_code(EXIT_RETRYABLE)
-    except StoreError as e:
-        console.print(f"[red]store error (exit {EXIT_BAD_INPUT}):[/] {e}")
-        return _write_exit_code(EXIT_BAD_INPUT)
-    except (BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError, PermissionError) as e:
-        console.print(f"[red]error (exit {EXIT_BAD_INPUT}):[/] {e}")
-        return _write_exit_code(EXIT_BAD_INPUT)
+    except tuple(t for types, _, _ in outcomes for t in types) as e:
+        label, code = next((label, code) for types, label, code in outcomes if isinstance(e, types))
+        kind = "retryable, " if code == EXIT_RETRYABLE else ""
+        color = "red" if code == EXIT_BAD_INPUT else "yellow"
+        console.print(f"[{color}]{label} ({kind}exit {code}):[/] {escape(str(e))}")
+        return _write_exit_code(code)
     if _state().is_main_process:
         print(json.dumps(summary(layout)))
     return _write_exit_code(EXIT_OK)
