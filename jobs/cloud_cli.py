@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from jobs.console import console, fail
+from jobs.console import console, fail, resolve_store, store_option
 
 
 def _parse_gpu(gpu: str | None) -> tuple[str | None, int | None]:
@@ -201,80 +201,173 @@ def gpus_command(
         fail(_no_offer_message(accel, cloud_list), 1)
 
 
+def _print_checks(report) -> None:
+    marks = {"ok": "[green]ok[/]  ", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
+    for c in report.checks:
+        console.print(f"{marks[c.status]} {c.name}: {escape(c.detail)}", highlight=False, soft_wrap=True)
+
+
+def _confirm(yes: bool, what: str) -> None:
+    """`Proceed? [Y/n]` like `sky launch`; without a terminal only `--yes` proceeds."""
+    import sys
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"not launching {what}: no terminal to confirm on; pass --yes to launch non-interactively", 2)
+    if not typer.confirm(f"Launch {what}? Proceed?", default=True):
+        fail("not launched (declined)", 1)
+
+
+def preflight_command(
+    config: Path = typer.Argument(..., help="job spec YAML"),
+    offline: bool = typer.Option(False, "--offline", help="skip the store probe and the enabled clouds"),
+    as_json: bool = typer.Option(False, "--json", help="the checks as JSON"),
+) -> None:
+    """Everything `ft launch` checks before it spends: spec and data, accelerator names, the store
+    reachable and writable (a tiny object written and removed), enabled clouds (`sky check`'s cached
+    result), and the plan (GPU, cloud, spot, estimated hours and $). Exit 0 ready, 2 bad input,
+    75 retryable (store or network unreachable)."""
+    from jobs import preflight
+
+    if not config.is_file():
+        fail(f"{config}: file not found", 2)
+    report = preflight.run_preflight(config, cloud=not offline)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_checks(report)
+        console.print("[green]ready to launch[/]" if not report.failed else
+                      f"[red]not ready[/]: {len(report.failed)} check(s) failed", highlight=False)
+    if report.failed:
+        raise typer.Exit(report.exit_code)
+
+
 def launch_command(
     target: Path = typer.Argument(..., help="job spec YAML, or a bundle folder"),
     stage: str | None = typer.Option(None, "--stage", help="one stage (or `eval`); default: every stage"),
     run_id: str | None = typer.Option(None, "--run-id", help="default: <name>-<time>-<random>"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the exact task, launch nothing"),
-    detach: bool = typer.Option(False, "--detach", help="return once submitted"),
+    detach: bool = typer.Option(False, "--detach", help="return once SkyPilot has accepted the job"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
     bundles_dir: Path = typer.Option(Path("outputs/bundles"), "--bundles-dir", help="where bundles are written"),
 ) -> None:
-    """Bundle and push if needed, pick the cheapest GPUs that fit, launch a managed job."""
+    """Pre-flight, bundle and push, pick the cheapest GPUs that fit, confirm, launch a managed job.
+    Exit 0 submitted (prints the job id, run id and store), 2 refused (bad input, no cloud access,
+    over budget), 75 retryable (store, network or SkyPilot's API server unreachable)."""
     import yaml
 
-    from jobs import cost, launch, pricing
+    from jobs import cost, launch, preflight, pricing
     from trainer.bundle import BundleError, bundle_key, push_bundle, verify_bundle, write_bundle
     from trainer.runs import new_run_id
+    from trainer.spec import check_name
+    from trainer.store import StoreError, StoreUnavailable
 
+    if run_id:
+        try:
+            check_name(run_id, "--run-id")
+        except ValueError as e:
+            fail(str(e), 2)
+    bundle = None
     try:
         if target.is_dir():
             bundle = verify_bundle(target)
             spec, spec_dir = bundle.spec, bundle.path
+            report = preflight.run_preflight(None, spec=spec, spec_dir=spec_dir, cloud=not dry_run,
+                                             validate_data=False)
+        elif target.is_file():
+            report = preflight.run_preflight(target, cloud=not dry_run)
+            spec, spec_dir = report.spec, target.resolve().parent
         else:
-            spec, spec_dir = _load(target), target.resolve().parent
-            bundle = write_bundle(spec, spec_dir, bundles_dir)
+            fail(f"{target}: no such file or bundle folder", 2)
+            return
     except (BundleError, FileNotFoundError) as e:
-        fail(str(e), 1)
+        fail(str(e), 2)
         return
+    local_store = not (report.spec and report.spec.store.uri.startswith("s3://"))
+    if dry_run and local_store:  # nothing is spent: say it, still print the task
+        for c in report.checks:
+            if c.name == "store" and c.status == "fail":
+                c.status, c.code = "warn", 0
+    _print_checks(report)
+    if report.failed:
+        fail(f"refusing to launch: {report.failed[0].name}: {report.failed[0].detail}", report.exit_code)
     if stage and stage != "eval":
         try:
             spec.stage(stage)
         except KeyError as e:
             fail(str(e.args[0]), 2)
-    if spec.store.uri.startswith("s3://"):
+    if bundle is None:
+        bundle = write_bundle(spec, spec_dir, bundles_dir)
+    if not local_store:
         bundle_uri = spec.store.uri.rstrip("/") + "/" + bundle_key(bundle)
     else:
-        console.print(f"[yellow]note:[/] store {spec.store.uri} is a local folder: a cloud machine cannot "
-                      "reach it; set store.uri to s3://…", highlight=False)
         bundle_uri = str(Path(spec.store.uri).resolve() / bundle_key(bundle))
     run_id = run_id or new_run_id(spec.name)
-    notes: list[str] = []
-    job = _job_or_fail(spec, spec_dir)
-    offers = pricing.candidates_for_spec(spec, spec_dir, notes=notes, job=job)
+    job = pricing.job_cost(spec, spec_dir)
+    offers = report.offers
     for line in _estimate_lines(spec, spec_dir, job):
         console.print(line, highlight=False, markup=False)
     headline = _headline(offers, fastest=False)
     if headline:
         console.print(headline, highlight=False)
     budget = spec.resources.max_cost_usd
-    problem = pricing.budget_problem(offers, budget)
-    if problem:  # refused before anything is pushed or printed as a plan, --dry-run included
-        fail(f"refusing to launch: {problem}", 1)
-    offers = pricing.within_budget(offers, budget)  # no candidate SkyPilot may fall back to breaks it
     _print_table(_offers_table(pricing.group_offers(offers)[: launch.MAX_CANDIDATES], with_cost=True))
-    for note in notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
     if not offers:
         console.print("[yellow]note:[/] no priced offer from the catalog: SkyPilot's optimizer chooses among "
                       "the YAML's candidates", highlight=False)
     cfg = launch.build_task_config(spec, bundle_uri, run_id, offers, stage)
     cfg.setdefault("envs", {}).update(cost.trainer_envs(offers[: launch.MAX_CANDIDATES], budget))
-    launch.to_task(cfg)  # SkyPilot's own validation, also on --dry-run
+    try:
+        launch.to_task(cfg)  # SkyPilot's own validation, also on --dry-run
+    except Exception as e:  # noqa: BLE001 - SkyPilot's schema errors: one line, bad input
+        fail(f"SkyPilot refused the task: {launch.sky_reason(e)}", 2)
     if dry_run:
         print(yaml.safe_dump(cfg, sort_keys=False, width=200))
         return
-    if spec.store.uri.startswith("s3://"):
+    plan = preflight.plan_line(offers[0]) if offers else "SkyPilot's choice among the YAML's candidates"
+    _confirm(yes, f"managed job {cfg['name']} ({plan})")
+    try:
         console.print(f"bundle → {push_bundle(bundle, spec.store.uri)}", highlight=False)
+    except StoreUnavailable as e:
+        fail(f"store unavailable (retryable): {e}", 75)
+    except StoreError as e:
+        fail(f"store error: {e}", 2)
     console.print(f"launching managed job {cfg['name']} (run id {run_id})", highlight=False)
-    launch.launch(cfg, detach=detach)
-    console.print(f"run id: [bold]{run_id}[/]  —  ft logs {run_id} · ft fetch {run_id} --store {spec.store.uri}")
+    try:
+        job_id = launch.launch(cfg, detach=detach)
+    except launch.LaunchError as e:
+        fail(e.reason, 75 if e.retryable else 2)
+        return
+    run_url = f"{spec.store.uri.rstrip('/')}/runs/{run_id}"
+    console.print(f"managed job id: [bold]{job_id}[/]", highlight=False)
+    console.print(f"run id:         [bold]{run_id}[/]", highlight=False)
+    console.print(f"store:          {escape(run_url)}", highlight=False)
+    console.print(f"follow:         ft logs {run_id} · ft status · ft fetch {run_id} --store {spec.store.uri} · "
+                  f"ft cancel {run_id}", highlight=False, markup=False)
 
 
-def status_command(all_users: bool = typer.Option(False, "--all-users")) -> None:
-    """Managed jobs started by `ft launch` (and any other) with their state."""
+def _launch_error(e) -> None:
+    fail(e.reason, 75 if e.retryable else 2)
+
+
+def status_command(all_users: bool = typer.Option(False, "--all-users"),
+                   as_json: bool = typer.Option(False, "--json", help="the rows as JSON")) -> None:
+    """Managed jobs started by `ft launch` (and any other) with their state. Exit 0 (also with no
+    jobs), 2 when SkyPilot refuses, 75 when its API server cannot be reached."""
     from jobs import launch
 
-    rows = launch.status(all_users)
+    try:
+        rows = launch.status(all_users)
+    except launch.LaunchError as e:
+        _launch_error(e)
+        return
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print("no managed jobs (`ft launch CONFIG` starts one)")
+        return
     table = Table(header_style="bold")
     for col in ("id", "name", "status", "resources", "recoveries", "submitted"):
         table.add_column(col)
@@ -286,39 +379,50 @@ def status_command(all_users: bool = typer.Option(False, "--all-users")) -> None
 
 def logs_command(run: str = typer.Argument(..., help="run id"),
                  follow: bool = typer.Option(True, "--follow/--no-follow")) -> None:
-    """Stream a run's managed-job logs."""
+    """Stream a run's managed-job log. Exit 0 streamed, 1 the job failed, 2 no such job, 75 SkyPilot
+    unreachable."""
     from jobs import launch
 
-    launch.logs(run, follow)
+    try:
+        code = launch.logs(run, follow)
+    except launch.LaunchError as e:
+        _launch_error(e)
+        return
+    if code:
+        fail(f"managed job {launch.job_name(run)} ended with SkyPilot exit code {code}", 1)
 
 
 def cancel_command(run: str = typer.Argument(..., help="run id")) -> None:
     """Cancel a run's managed job (checkpoints already in the store stay)."""
     from jobs import launch
 
-    launch.cancel(run)
+    try:
+        launch.cancel(run)
+    except launch.LaunchError as e:
+        _launch_error(e)
     console.print(f"cancelled {launch.job_name(run)}")
 
 
 def fetch_command(
     run: str = typer.Argument(..., help="run id, s3://…/runs/<id> or <store>/runs/<id>"),
     to: Path = typer.Option(Path("outputs/runs"), "--to", help="download into TO/<run id>"),
-    store: str = typer.Option("./outputs/store", "--store", help="store of a bare run id"),
+    store: str | None = store_option(),
     checkpoints: bool = typer.Option(False, "--checkpoints", help="also the intermediate checkpoints"),
 ) -> None:
     """Pull a run's artifacts (final adapters/weights, metrics, eval, report) back from the store."""
     from jobs import launch
 
     try:
-        dest = launch.fetch(run, store, to, checkpoints)
+        dest = launch.fetch(run, resolve_store(store), to, checkpoints)
     except (FileNotFoundError, ValueError) as e:
-        fail(str(e), 1)
+        fail(str(e), 2 if isinstance(e, ValueError) else 1)
         return
     console.print(f"fetched → {dest}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
     app.command("gpus")(gpus_command)
+    app.command("preflight")(preflight_command)
     app.command("launch")(launch_command)
     app.command("status")(status_command)
     app.command("logs")(logs_command)

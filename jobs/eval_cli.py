@@ -13,10 +13,10 @@ from typing import Any
 
 import typer
 
-from jobs.console import console, fail
+from jobs.console import console, fail, resolve_store, store_option
 from trainer.textio import read_lines
 
-STORE_OPT = typer.Option("./outputs/store", "--store", help="store holding runs named by bare id")
+STORE_OPT = store_option()
 STAGE_OPT = typer.Option(None, "--stage", "-s", help="stage name, `base` or `prototype` (default: last done)")
 
 
@@ -91,11 +91,12 @@ def register(app: typer.Typer) -> None:
         references: Path = typer.Option(None, "--references", help="`score`: references"),
         per_item: Path = typer.Option(None, "--per-item", help="`score`: write one JSON line per item here"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
-        store: str = STORE_OPT,
+        store: str | None = STORE_OPT,
     ) -> None:
         """Generate with a model and score it (`ft eval RUN --stage sft`), run lm-eval tasks
         (`--lm-eval gsm8k`), or score existing outputs offline (`ft eval score --task gsm8k
         --predictions P --references R`)."""
+        store = resolve_store(store)
         if task not in (None, "gsm8k", "translation"):
             fail(f"--task {task!r}: use gsm8k or translation", 2)
         if target == "score":
@@ -163,9 +164,10 @@ def register(app: typer.Typer) -> None:
         run_ref: str = typer.Argument(..., metavar="RUN"),
         out: str = typer.Option(..., "--out", help="local folder or store URI (s3://…)"),
         stage: str = STAGE_OPT,
-        store: str = STORE_OPT,
+        store: str | None = STORE_OPT,
     ) -> None:
         """Merge a stage's LoRA adapter into its base: safetensors + tokenizer for transformers and vLLM."""
+        store = resolve_store(store)
         from trainer.merge import merge_run
 
         run = _run(run_ref, store)
@@ -188,10 +190,11 @@ def register(app: typer.Typer) -> None:
         prompt: str = typer.Option("What is 12 * 7? Answer with the number.", "--prompt"),
         model: str = typer.Option(None, "--model", help="`check`: model name (default: the last listed)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the service YAML, launch nothing"),
-        store: str = STORE_OPT,
+        store: str | None = STORE_OPT,
     ) -> None:
         """Serve a run with SkyServe + vLLM (`ft serve RUN [--dry-run]`), or send one chat request to an
         OpenAI-compatible endpoint (`ft serve check URL`)."""
+        store = resolve_store(store)
         import os
 
         import yaml
@@ -242,9 +245,10 @@ def register(app: typer.Typer) -> None:
         license_id: str = typer.Option("apache-2.0", "--license"),
         out: Path = typer.Option(None, "--out", help="where to build the folder (default outputs/hub/<repo>)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="build the folder and card, upload nothing"),
-        store: str = STORE_OPT,
+        store: str | None = STORE_OPT,
     ) -> None:
         """Publish a stage's adapter (or merged model) to the Hugging Face Hub with a model card."""
+        store = resolve_store(store)
         from trainer.publish import prepare_hub_folder, upload_folder
 
         run = _run(run_ref, store)
@@ -268,9 +272,10 @@ def register(app: typer.Typer) -> None:
         mlx: bool = typer.Option(False, "--mlx", help="generate with mlx-lm (Mac)"),
         system: str = typer.Option(None, "--system", help="system prompt (default: the run's)"),
         max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
-        store: str = STORE_OPT,
+        store: str | None = STORE_OPT,
     ) -> None:
         """Chat with a model in the terminal; tokens stream as they come. /reset clears, /exit ends."""
+        store = resolve_store(store)
         from trainer import chat
         from trainer.run_refs import is_run_ref, last_done_stage, load_run, stage_model_dir
 
@@ -312,9 +317,10 @@ def register(app: typer.Typer) -> None:
     def report_cmd(
         run_ref: str = typer.Argument(..., metavar="RUN"),
         out: Path = typer.Option(None, "--out", help="also write the HTML here"),
-        store: str = STORE_OPT,
+        store: str | None = STORE_OPT,
     ) -> None:
         """Build the run's self-contained report.html (plots embedded) and store it with the run."""
+        store = resolve_store(store)
         from trainer.report import REPORT_KEY, write_report
 
         run = _run(run_ref, store)

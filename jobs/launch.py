@@ -139,44 +139,115 @@ def _use_project_config() -> None:
     os.environ.setdefault("SKYPILOT_PROJECT_CONFIG", str(SKY_CONFIG))
 
 
-def launch(cfg: dict[str, Any], detach: bool = False) -> Any:
-    """Submit a managed job; follow its logs unless `detach`."""
+class LaunchError(RuntimeError):
+    """SkyPilot refused or failed a request; `reason` is its one-line cause (`NoCloudAccessError: …`)."""
+
+    def __init__(self, reason: str, retryable: bool = False):
+        super().__init__(reason)
+        self.reason, self.retryable = reason, retryable
+
+
+# SkyPilot failures a retry may fix (its API server, the network); everything else is the input's
+RETRYABLE_SKY_ERRORS = ("ApiServerConnectionError", "ServerTemporarilyUnavailableError", "NetworkError",
+                        "ConnectionError", "ReadTimeout", "ConnectTimeout", "TimeoutError")
+
+
+def sky_reason(error: BaseException) -> str:
+    """SkyPilot's reason in one line: the exception's class and the first line of its message."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text}"[:500] if text else type(error).__name__
+
+
+def _sky_call(what: str, fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - every SkyPilot failure becomes one line and an exit code
+        raise LaunchError(f"{what}: {sky_reason(e)}", type(e).__name__ in RETRYABLE_SKY_ERRORS) from e
+
+
+def _job_id(result: Any) -> int | None:
+    """The managed job id from `sky.jobs.launch`'s result: (job_ids, handle) or (job_id, handle)."""
+    value = result[0] if isinstance(result, tuple | list) and result else result
+    if isinstance(value, list | tuple):
+        value = value[0] if value else None
+    return value if isinstance(value, int) else None
+
+
+def launch(cfg: dict[str, Any], detach: bool = False) -> int | None:
+    """Submit a managed job and wait until SkyPilot has accepted it (the request's result, so a
+    refused launch, e.g. NoCloudAccessError, raises LaunchError); then follow its logs unless
+    `detach`. Returns the managed job id."""
     _use_project_config()
     import sky
 
-    task = to_task(cfg, local_secrets())
-    request_id = sky.jobs.launch(task, name=cfg["name"])
-    if detach:
-        return request_id
-    return sky.stream_and_get(request_id)
+    task = _sky_call("invalid task", to_task, cfg, local_secrets())
+    request_id = _sky_call("launch request failed", sky.jobs.launch, task, name=cfg["name"])
+    getter = sky.get if detach else sky.stream_and_get
+    result = _sky_call("launch failed", getter, request_id)
+    job_id = _job_id(result)
+    if job_id is None:
+        raise LaunchError("launch failed: SkyPilot returned no managed job id")
+    return job_id
+
+
+def _not_up(error: BaseException) -> bool:
+    return any(type(e).__name__ == "ClusterNotUpError" for e in (error, error.__cause__) if e is not None)
 
 
 def status(all_users: bool = False) -> list[dict[str, Any]]:
+    """Managed jobs; none (not an error) while the jobs controller has never been started."""
     _use_project_config()
     import sky
 
-    records = sky.get(sky.jobs.queue(refresh=False, all_users=all_users))
+    try:
+        records = sky.get(sky.jobs.queue(refresh=False, all_users=all_users))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001
+        if _not_up(e):  # no managed job was ever launched: the controller does not exist yet
+            return []
+        raise LaunchError(f"cannot list managed jobs: {sky_reason(e)}",
+                          type(e).__name__ in RETRYABLE_SKY_ERRORS) from e
     if isinstance(records, tuple):  # queue version 2 returns (records, total, ...)
         records = records[0]
     out = []
-    for r in records:
+    for r in records or []:
         d = r.model_dump() if hasattr(r, "model_dump") else dict(r)
         out.append(d)
     return out
 
 
-def logs(run_id: str, follow: bool = True) -> Any:
+def find_job(run_id: str, all_users: bool = False) -> dict[str, Any] | None:
+    """The newest managed job of a run (named ft-<run id>), or None."""
+    rows = [r for r in status(all_users) if r.get("job_name") == job_name(run_id)]
+    return max(rows, key=lambda r: r.get("job_id") or 0) if rows else None
+
+
+def logs(run_id: str, follow: bool = True) -> int:
+    """Stream a run's managed-job log; LaunchError when there is no such job. Returns SkyPilot's exit
+    code of the job (0 succeeded, 100 failed, …; 0 while it still runs without --follow)."""
     _use_project_config()
     import sky
 
-    return sky.jobs.tail_logs(name=job_name(run_id), follow=follow)
+    job = find_job(run_id)
+    if job is None:
+        raise LaunchError(f"no managed job {job_name(run_id)} (`ft status` lists them; a local run has no "
+                          "job log: its output went to the terminal)")
+    code = _sky_call("cannot read the job log", sky.jobs.tail_logs, job_id=job["job_id"], follow=follow)
+    return code if isinstance(code, int) else 0
 
 
 def cancel(run_id: str) -> None:
     _use_project_config()
     import sky
 
-    sky.get(sky.jobs.cancel(name=job_name(run_id)))
+    job = find_job(run_id)
+    if job is None:
+        raise LaunchError(f"no managed job {job_name(run_id)} (`ft status` lists them)")
+    _sky_call("cancel failed", lambda: sky.get(sky.jobs.cancel(job_ids=[job["job_id"]])))
 
 
 def fetch(run: str, store_uri: str, to: Path, checkpoints: bool = False) -> Path:

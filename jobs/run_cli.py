@@ -34,11 +34,20 @@ def train(
     store: str = typer.Option(None, help="artifact store (default: $FT_STORE, else the spec's store.uri)"),
 ) -> None:
     """Run a bundle's stages in this process (what the CUDA image runs as `python -m trainer run`)."""
+    from jobs.console import check_store, report_error
     from trainer.run import main
 
+    if store:
+        check_store(store)
     argv = ["run", bundle] + (["--stage", stage] if stage else []) + (["--run-id", run_id] if run_id else []) \
         + (["--store", store] if store else [])
-    raise typer.Exit(main(argv))
+    try:
+        code = main(argv)
+    except Exception as e:  # the Hub, the network: one line and 2 or 75, never a traceback and 1
+        code = report_error(e)
+        if code is None:
+            raise
+    raise typer.Exit(code)
 
 
 def run(

@@ -33,6 +33,11 @@ class JobReport:
                 "files": [r.to_dict() for r in self.files]}
 
 
+# Further spec checks that need more than the spec (jobs.cli adds the accelerator names against the
+# cloud catalogs): each takes (spec, spec path) and returns findings.
+SPEC_CHECKS: list[Callable[[JobSpec, Path], list[Finding]]] = []
+
+
 def load_job_tokenizer(base: str) -> Any:
     """The job's tokenizer: the built-in GGUF's, a local folder's, or the Hub's (cached)."""
     from mac import builtin
@@ -79,6 +84,8 @@ def validate_job(spec_path: Path, check_tokens: bool = True,
                                 for loc, msg in e.problems]
         return report
     report.spec = spec
+    for check in SPEC_CHECKS:
+        report.spec_findings += check(spec, Path(spec_path))
     base = Path(spec_path).parent
     tokenizer = None
     if check_tokens:

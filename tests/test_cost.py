@@ -334,7 +334,7 @@ def test_launch_refuses_a_plan_over_budget(sky_catalog, tmp_path):
     spec_path = _write_spec(tmp_path, resources={"max_cost_usd": 0.01})
     result = CliRunner().invoke(_app(), ["launch", str(spec_path), "--dry-run", "--run-id", "r1",
                                          "--bundles-dir", str(tmp_path / "bundles")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input, like every refusal before spend
     assert "refusing to launch" in result.output and "max_cost_usd $0.01" in result.output
     assert "name: ft-r1" not in result.output  # no plan printed
     generous = _write_spec(tmp_path, resources={"max_cost_usd": 10_000})

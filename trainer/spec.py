@@ -51,6 +51,55 @@ def check_name(value: str, what: str = "name") -> str:
     return value
 
 
+# S3 bucket names: 3-63 lowercase letters, digits, dots and dashes, starting and ending with a letter or digit.
+BUCKET_PATTERN = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def store_uri_problem(uri: str) -> str | None:
+    """Why `uri` is not a store (None when it is one): `s3://bucket[/prefix]` or a local path,
+    nothing else. `s3:/bucket`, `S3://b`, `s3://` and `gs://b` are typos, not local folders."""
+    if not isinstance(uri, str) or not uri.strip():
+        return "empty; use s3://bucket/prefix or a local folder"
+    if uri != uri.strip():
+        return "leading or trailing spaces"
+    m = _SCHEME.match(uri)
+    if m is None or (len(m.group(1)) == 1 and uri[2:3] in ("\\", "/")):  # no scheme, or a Windows drive
+        return None
+    scheme = m.group(1)
+    if uri.startswith("file://"):
+        return None if uri[len("file://"):] else "file:// needs a path"
+    if not uri.startswith("s3://"):
+        if scheme.lower() == "s3":
+            return "expected s3://bucket/prefix (two slashes, lowercase s3)"
+        return f"unsupported scheme {scheme}:; use s3://bucket/prefix or a local folder"
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if not bucket:
+        return "no bucket; expected s3://bucket/prefix"
+    if not BUCKET_PATTERN.fullmatch(bucket) or ".." in bucket:
+        return f"{bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.', '-')"
+    if "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+        return "the prefix has an empty, '.' or '..' part"
+    return None
+
+
+def check_store_uri(uri: str) -> str:
+    problem = store_uri_problem(uri)
+    if problem:
+        raise ValueError(f"{uri!r}: {problem}")
+    return uri
+
+
+_ACCELERATORS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(:[1-9][0-9]{0,2})?")
+
+
+def check_accelerators(value: str | None) -> str | None:
+    """`NAME` or `NAME:COUNT` (whether NAME exists is checked against the catalogs before a launch)."""
+    if value is not None and not _ACCELERATORS.fullmatch(value):
+        raise ValueError(f"{value!r}: expected NAME or NAME:COUNT, e.g. A100-80GB:1")
+    return value
+
+
 def _stage_name(value: str | None) -> str | None:
     if value is None:
         return None
@@ -264,7 +313,8 @@ class DistributedSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    accelerators: str | None = Field(None, description="e.g. `A100-80GB:1`; empty = cheapest that fits")
+    accelerators: Annotated[str | None, AfterValidator(check_accelerators)] = Field(
+        None, description="e.g. `A100-80GB:1`; empty = cheapest that fits")
     clouds: list[Literal["lambda", "aws", "runpod", "vast"]] = Field(
         default_factory=lambda: ["lambda", "aws", "runpod", "vast"]
     )
@@ -278,7 +328,8 @@ class ResourcesSpec(Strict):
 
 
 class StoreSpec(Strict):
-    uri: str = Field("./outputs/store", description="local folder or s3://bucket/prefix")
+    uri: Annotated[str, AfterValidator(check_store_uri)] = Field(
+        "./outputs/store", description="local folder or s3://bucket/prefix")
 
 
 class EvaluationSpec(Strict):

@@ -1,0 +1,347 @@
+"""The laptop side of a cloud run (issue 16): a launch that tells the truth, the pre-flight before any
+spend, store URIs and FT_STORE, accelerator names, and one line with exit 0/2/75 instead of a traceback.
+
+Real: the spec, `ft validate`, the catalogs (small CSVs under SKY_RUNTIME_DIR), the store (moto_server
+over HTTP, and a closed port for "unreachable"), SkyPilot's task validation. Mocked, because it cannot
+exist here: the cloud API behind SkyPilot's SDK (`sky.jobs.launch`, `sky.get`, `sky.jobs.queue`) and the
+cached `sky check` result (`pricing.enabled_clouds`), which needs provider credentials.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import typer
+import yaml
+from conftest_cloud import write_catalog
+from typer.testing import CliRunner
+
+from jobs import cloud_cli, console, eval_cli, preflight, pricing
+from trainer.spec import SpecError, parse_spec, store_uri_problem
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    cloud_cli.register(app)
+    eval_cli.register(app)
+    app.callback()(lambda: None)
+    return app
+
+
+@pytest.fixture
+def catalog(tmp_path, monkeypatch):
+    write_catalog(tmp_path / "skyrt")
+    monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path / "skyrt"))
+    monkeypatch.setenv("SKYPILOT_DISABLE_USAGE_COLLECTION", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "skyrt"
+
+
+@pytest.fixture
+def enabled(monkeypatch):
+    """`sky check`'s cached answer needs cloud credentials: mocked (lambda and runpod enabled)."""
+    clouds = {"lambda", "runpod"}
+    monkeypatch.setattr(pricing, "enabled_clouds", lambda: clouds)
+    return clouds
+
+
+def _spec_file(tmp_path: Path, **over) -> Path:
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    demo_files = ("sft_train", "sft_valid", "dpo_train", "grpo_train", "test")
+    raw["data"] = {k: str((REPO / "configs" / v).resolve()) if k in demo_files else v for k, v in raw["data"].items()}
+    raw["model"] = {"base": "Qwen/Qwen2.5-7B-Instruct-not-cached"}
+    raw["store"] = {"uri": "s3://my-ft-bucket/llm-finetuning"}
+    raw.pop("prototype", None)
+    for key, value in over.items():
+        raw[key] = value
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ------------------------------------------------------------------------------------ store URIs
+@pytest.mark.parametrize("uri", ["s3:/bucket", "S3://bucket/p", "s3:bucket", "s3://", "gs://bucket", "s3://b"])
+def test_store_uri_typos_are_refused_naming_the_field(uri):
+    with pytest.raises(SpecError) as e:
+        parse_spec({"name": "x", "model": {"base": "m"}, "data": {"sft_train": "a.jsonl"},
+                    "stages": [{"method": "sft"}], "store": {"uri": uri}})
+    assert "store.uri" in str(e.value)
+
+
+@pytest.mark.parametrize("uri", ["s3://my-bucket", "s3://my-bucket/a/b", "./outputs/store", "/abs/dir", "rel",
+                                 "file:///tmp/x", "C:/store"])
+def test_store_uris_that_are_fine(uri):
+    assert store_uri_problem(uri) is None
+
+
+def test_validate_refuses_one_slash_s3(tmp_path, catalog):
+    from jobs.cli import app
+
+    path = _spec_file(tmp_path, store={"uri": "s3:/my-ft-bucket"})
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1 and "store.uri" in result.output and "two slashes" in result.output
+
+
+@pytest.mark.parametrize("argv", [["eval", "r1"], ["report", "r1"], ["merge", "r1", "--out", "x"],
+                                  ["serve", "r1", "--dry-run"], ["push", "r1", "--hub", "a/b"], ["chat", "r1"],
+                                  ["fetch", "r1"]])
+def test_every_store_command_reads_ft_store_through_one_helper(argv, monkeypatch):
+    monkeypatch.setenv("FT_STORE", "s3:/typo")  # proves the command read FT_STORE and checked it
+    result = CliRunner().invoke(_app(), argv)
+    assert result.exit_code == 2, result.output
+    assert "FT_STORE" in result.output and "two slashes" in result.output and "Traceback" not in result.output
+
+
+def test_fetch_uses_ft_store_for_a_bare_run_id(tmp_path, monkeypatch):
+    run = tmp_path / "store" / "runs" / "r1"
+    (run / "sft" / "final").mkdir(parents=True)
+    (run / "run.json").write_text("{}")
+    (run / "sft" / "final" / "_COMPLETE").write_text("")
+    monkeypatch.setenv("FT_STORE", str(tmp_path / "store"))
+    result = CliRunner().invoke(_app(), ["fetch", "r1", "--to", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "r1" / "run.json").is_file()
+    assert console.resolve_store("s3://given-bucket") == "s3://given-bucket"  # --store wins over FT_STORE
+    monkeypatch.delenv("FT_STORE")
+    assert console.resolve_store(None) == console.DEFAULT_STORE
+
+
+# ---------------------------------------------------------------------------------- accelerators
+def test_validate_refuses_an_accelerator_typo_with_close_names(tmp_path, catalog):
+    from jobs.cli import app
+
+    path = _spec_file(tmp_path, resources={"accelerators": "A100-80G:1"})
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "resources.accelerators" in result.output and "A100-80GB" in result.output
+    ok = CliRunner().invoke(app, ["validate", str(_spec_file(tmp_path, resources={"accelerators": "A100-80GB:1"}))])
+    assert "resources.accelerators" not in ok.output, ok.output
+    bad_form = _spec_file(tmp_path, resources={"accelerators": "A100 80GB x1"})
+    assert CliRunner().invoke(app, ["validate", str(bad_form)]).exit_code == 1
+
+
+def test_accelerator_check_without_catalogs_only_warns(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKY_RUNTIME_DIR", str(tmp_path / "empty"))
+    assert preflight.accelerator_problem("A100-80GB:1") is None  # gpu_fit's table knows it
+    status, text = preflight.accelerator_problem("A100-80G:1")
+    assert status == "warn" and "A100-80GB" in text
+
+
+# ------------------------------------------------------------------------------------- preflight
+def test_preflight_all_green_on_a_writable_store(tmp_path, catalog, enabled, s3_env):
+    path = _spec_file(tmp_path, store={"uri": f"{s3_env}/ft"})
+    result = CliRunner().invoke(_app(), ["preflight", str(path)])
+    assert result.exit_code == 0, result.output
+    for name in ("store", "clouds", "plan"):
+        assert f"ok   {name}: " in result.output, result.output
+    assert "spec and data: 5 files" in result.output  # warns: the not-cached tokenizer cannot count tokens
+    assert "reachable and writable" in result.output and "enabled: lambda, runpod" in result.output
+    assert " on lambda " in result.output or " on runpod " in result.output  # the plan uses enabled clouds only
+    import boto3
+
+    left = boto3.client("s3").list_objects_v2(Bucket=s3_env.removeprefix("s3://")).get("KeyCount")
+    assert not left  # the probe object was removed
+
+
+def test_preflight_missing_bucket_and_no_credentials_are_bad_input(tmp_path, catalog, enabled, s3_env, monkeypatch):
+    missing = _spec_file(tmp_path, store={"uri": "s3://no-such-bucket-here/ft"})
+    result = CliRunner().invoke(_app(), ["preflight", str(missing)])
+    assert result.exit_code == 2 and "no-such-bucket-here" in result.output and "Traceback" not in result.output
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # s3_env's client cached the credentials
+    nocreds = CliRunner().invoke(_app(), ["preflight", str(_spec_file(tmp_path, store={"uri": f"{s3_env}/ft"}))])
+    assert nocreds.exit_code == 2 and "credentials" in nocreds.output, nocreds.output
+
+
+def test_preflight_unreachable_store_is_retryable(tmp_path, catalog, enabled, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("FT_STORE_TIMEOUT_S", "2")
+    result = CliRunner().invoke(_app(), ["preflight", str(_spec_file(tmp_path)), "--json"])
+    assert result.exit_code == 75, result.output
+    import json
+
+    checks = {c["check"]: c for c in json.loads(result.output)["checks"]}
+    assert checks["store"]["status"] == "fail" and checks["store"]["exit_code"] == 75
+
+
+def test_preflight_no_enabled_cloud_and_over_budget_refuse(tmp_path, catalog, monkeypatch):
+    monkeypatch.setattr(pricing, "enabled_clouds", lambda: {"gcp"})  # mocked `sky check` cache
+    path = _spec_file(tmp_path, resources={"max_cost_usd": 0.01})
+    report = preflight.run_preflight(path, cloud=True)
+    names = {c.name: c for c in report.failed}
+    assert "clouds" in names and "run `sky check`" in names["clouds"].detail
+    assert "plan" in names and "max_cost_usd" in names["plan"].detail and report.exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------- launch
+class FakeSky:
+    """The cloud API behind SkyPilot's SDK (mocked: no cloud here). Records what was submitted."""
+
+    def __init__(self, monkeypatch, result=None, error: Exception | None = None):
+        import sky
+
+        self.launched = []
+        self.result, self.error = result, error
+        monkeypatch.setattr(sky.jobs, "launch", self._launch)
+        monkeypatch.setattr(sky, "get", self._get)
+        monkeypatch.setattr(sky, "stream_and_get", self._get)
+
+    def _launch(self, task, name=None):
+        self.launched.append(name)
+        return "request-1"
+
+    def _get(self, request_id):
+        if self.error:
+            raise self.error
+        return self.result
+
+
+def _launch(tmp_path, *extra, **over):
+    path = _spec_file(tmp_path, **over)
+    return CliRunner().invoke(_app(), ["launch", str(path), "--run-id", "r1", "--bundles-dir",
+                                       str(tmp_path / "bundles"), *extra])
+
+
+def test_a_refused_launch_request_is_a_non_zero_exit_with_skypilots_reason(tmp_path, catalog, enabled, s3_env,
+                                                                          monkeypatch):
+    from sky import exceptions
+
+    fake = FakeSky(monkeypatch, error=exceptions.NoCloudAccessError(
+        "Failed to launch: no cloud access.\nRun `sky check` to see why."))
+    result = _launch(tmp_path, "--detach", "--yes", store={"uri": f"{s3_env}/ft"})
+    assert fake.launched == ["ft-r1"]
+    assert result.exit_code == 2, result.output
+    assert "NoCloudAccessError: Failed to launch: no cloud access." in result.output
+    assert "run id:" not in result.output and "Traceback" not in result.output
+
+
+def test_a_successful_launch_prints_job_run_store_and_what_next(tmp_path, catalog, enabled, s3_env, monkeypatch):
+    fake = FakeSky(monkeypatch, result=([42], None))
+    result = _launch(tmp_path, "--detach", "--yes", store={"uri": f"{s3_env}/ft"})
+    assert result.exit_code == 0, result.output
+    assert fake.launched == ["ft-r1"]
+    out = result.output
+    assert "managed job id: 42" in out and "run id:         r1" in out
+    assert f"{s3_env}/ft/runs/r1" in out and "ft logs r1" in out and "ft fetch r1" in out
+
+
+def test_launch_asks_first_and_refuses_without_a_terminal(tmp_path, catalog, enabled, s3_env, monkeypatch):
+    fake = FakeSky(monkeypatch, result=([1], None))
+    result = _launch(tmp_path, "--detach", store={"uri": f"{s3_env}/ft"})
+    assert result.exit_code == 2 and "--yes" in result.output
+    assert fake.launched == []  # nothing submitted, nothing pushed
+    import boto3
+
+    assert not boto3.client("s3").list_objects_v2(Bucket=s3_env.removeprefix("s3://")).get("KeyCount")
+
+
+def test_launch_refuses_a_local_store_before_any_cloud_call(tmp_path, catalog, enabled, monkeypatch):
+    fake = FakeSky(monkeypatch, result=([1], None))
+    result = _launch(tmp_path, "--yes", store={"uri": str(tmp_path / "store")})
+    assert result.exit_code == 2 and "local folder" in result.output and fake.launched == []
+    dry = _launch(tmp_path, "--dry-run", store={"uri": str(tmp_path / "store")})
+    assert dry.exit_code == 0 and "warn store" in dry.output and "name: ft-r1" in dry.output
+
+
+def test_launch_retryable_skypilot_failure_exits_75(tmp_path, catalog, enabled, s3_env, monkeypatch):
+    from sky import exceptions
+
+    FakeSky(monkeypatch, error=exceptions.ApiServerConnectionError("http://127.0.0.1:46580"))
+    result = _launch(tmp_path, "--yes", "--detach", store={"uri": f"{s3_env}/ft"})
+    assert result.exit_code == 75 and "ApiServerConnectionError" in result.output
+
+
+# ------------------------------------------------------------------------------- status and logs
+def test_status_with_no_jobs_and_logs_of_an_unknown_run(monkeypatch):
+    import sky
+    from sky import exceptions
+
+    monkeypatch.setattr(sky.jobs, "queue", lambda **_k: "request-q")
+
+    def not_up(_request):
+        raise exceptions.ClusterNotUpError("Managed jobs controller does not exist.")
+
+    monkeypatch.setattr(sky, "get", not_up)
+    result = CliRunner().invoke(_app(), ["status"])
+    assert result.exit_code == 0 and "no managed jobs" in result.output, result.output
+    logs = CliRunner().invoke(_app(), ["logs", "UNKNOWN"])
+    assert logs.exit_code == 2 and "no managed job ft-UNKNOWN" in logs.output
+    monkeypatch.setattr(sky, "get", lambda _r: ([{"job_id": 3, "job_name": "ft-other", "status": "RUNNING"}], 1, {}, 1))
+    assert "ft-other" in CliRunner().invoke(_app(), ["status"]).output
+    assert CliRunner().invoke(_app(), ["logs", "UNKNOWN"]).exit_code == 2
+
+    def down(_request):
+        raise exceptions.ApiServerConnectionError("http://127.0.0.1:46580")
+
+    monkeypatch.setattr(sky, "get", down)
+    result = CliRunner().invoke(_app(), ["status"])
+    assert result.exit_code == 75 and "ApiServerConnectionError" in result.output
+
+
+# ------------------------------------------------------------------------------- no tracebacks
+def test_the_ft_entry_point_turns_store_errors_into_one_line(tmp_path, s3_env, monkeypatch, capsys):
+    from jobs.cli import app
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    import boto3
+
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # s3_env's client cached the credentials
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = _spec_file(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        app(["bundle", str(path), "--out", str(tmp_path / "b"), "--push", f"{s3_env}/ft"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "no AWS credentials" in err and "Traceback" not in err
+
+
+def test_classify_hub_and_network_errors(monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        try:
+            raise ConnectionError("connection refused")
+        except ConnectionError as cause:
+            raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from cause
+    except LocalEntryNotFoundError as e:
+        assert console.classify(OSError("We couldn't connect to 'https://huggingface.co'"))[0] == 2
+        assert console.classify(e)[0] == 75  # the Hub unreachable: retryable
+        wrapped = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        wrapped.__cause__ = e
+        assert console.classify(wrapped)[0] == 75
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, line = console.classify(LocalEntryNotFoundError("not in the cache"))
+    assert code == 2 and "HF_HUB_OFFLINE" in line
+    import httpx
+
+    response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/models/nobody/x"))
+    assert console.classify(RepositoryNotFoundError("nobody/nothing", response=response))[0] == 2
+    from jobs.gpu_fit import ModelSizeError
+
+    assert console.classify(ModelSizeError("cannot size model 'x'"))[0] == 2
+    assert console.classify(KeyError("a bug")) is None  # a bug keeps its traceback
