@@ -1,0 +1,112 @@
+"""Every `FT_*` environment variable the product reads, in one place: its name, its default and what
+it changes. Values are read when asked for (tests and the job YAMLs set them per process), and a value
+that does not parse is a bad-input error naming the variable, not a traceback.
+
+| variable | default | what it does |
+| --- | --- | --- |
+| FT_STORE | the spec's store.uri | artifact store for runs, bundles and evaluations |
+| FT_WORKDIR | outputs/work | local scratch for a run's stage folders |
+| FT_CACHE | ~/.cache/ft | downloaded bundles, run folders, catalogs, measured MFU |
+| FT_EXIT_CODE_FILE | unset | where the trainer writes its exit code (accelerate turns every failure into 1) |
+| FT_SIGTERM_GRACE_S | 45 | seconds after SIGTERM to finish the step and save a checkpoint |
+| FT_LEASE_TTL_S | 90 | a run's writer lease expires this long after its last heartbeat |
+| FT_LEASE_WAIT_S | TTL + 30 | how long a second trainer waits for a held lease before exit 75 |
+| FT_STORE_TIMEOUT_S | 60 | connect/read timeout of one S3 request |
+| FT_FAULT | unset | injected faults for the resume tests (trainer/faults.py) |
+| FT_PRICES | unset | the launch's catalog prices for this job's offers (JSON), for the bill |
+| FT_MAX_COST_USD | unset | budget override for resources.max_cost_usd |
+| FT_MFU_FILE | $FT_CACHE/mfu.json | measured model-FLOPs utilisation per GPU and method |
+| FT_OFFLINE | unset | never reach the Hub for a model's size (as HF_HUB_OFFLINE) |
+| FT_CATALOG_DOWNLOAD | unset | 1: let SkyPilot download missing catalogs |
+| FT_MLX_OUTPUTS | outputs/mlx | where `ft prototype` writes its adapter and results |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from trainer.errors import BadInput
+
+# Credentials: passed by name as SkyPilot `secrets:` / `docker -e NAME`, masked in every message,
+# never written to a bundle, log, YAML or artifact.
+SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "SKYPILOT_DOCKER_PASSWORD")
+
+DEFAULT_STORE = "./outputs/store"
+
+
+def text(name: str) -> str | None:
+    """The variable's value, None when unset or empty."""
+    return os.environ.get(name) or None
+
+
+def flag(name: str) -> bool:
+    return (os.environ.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def number(name: str, default: float) -> float:
+    raw = text(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadInput(f"{name}={raw!r}: expected a number") from None
+
+
+def store() -> str | None:
+    return text("FT_STORE")
+
+
+def workdir() -> Path:
+    return Path(text("FT_WORKDIR") or "outputs/work")
+
+
+def cache_root() -> Path:
+    return Path(text("FT_CACHE") or Path.home() / ".cache" / "ft")
+
+
+def exit_code_file() -> str | None:
+    return text("FT_EXIT_CODE_FILE")
+
+
+def sigterm_grace_s() -> float:
+    return number("FT_SIGTERM_GRACE_S", 45)
+
+
+def lease_ttl_s() -> float:
+    return number("FT_LEASE_TTL_S", 90)
+
+
+def lease_wait_s() -> float:
+    return number("FT_LEASE_WAIT_S", lease_ttl_s() + 30)
+
+
+def store_timeout_s() -> float:
+    return number("FT_STORE_TIMEOUT_S", 60)
+
+
+def faults() -> str:
+    return text("FT_FAULT") or ""
+
+
+def mfu_file() -> Path:
+    return Path(text("FT_MFU_FILE") or cache_root() / "mfu.json")
+
+
+def offline() -> bool:
+    return flag("HF_HUB_OFFLINE") or flag("FT_OFFLINE")
+
+
+def catalog_download() -> bool:
+    return text("FT_CATALOG_DOWNLOAD") == "1"
+
+
+def mlx_outputs() -> Path:
+    return Path(text("FT_MLX_OUTPUTS") or "outputs/mlx")
+
+
+def secrets_present() -> dict[str, str]:
+    """The credentials set in this environment (`.env` already loaded), by name."""
+    return {name: os.environ[name] for name in SECRET_NAMES if os.environ.get(name)}
