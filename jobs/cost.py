@@ -153,10 +153,10 @@ class Tokens:
 def _tokenizer_for(base: str, spec_dir: Path | None):
     """The job's tokenizer when it is here (built-in, a local folder, the Hugging Face cache);
     None rather than a network look-up."""
-    from mac import builtin
+    from trainer import builtin_model
 
-    if builtin.is_builtin(base):
-        return builtin.load_tokenizer()
+    if builtin_model.is_builtin(base):
+        return builtin_model.load_tokenizer()
     local = Path(base) if Path(base).is_absolute() or spec_dir is None else spec_dir / base
     if not (local / "tokenizer_config.json").is_file():
         local = None

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mac import builtin
+from trainer import builtin_model
 
 MLX_WEIGHTS = "adapters.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -39,8 +39,8 @@ class AdapterConvertError(ValueError):
 # ----------------------------------------------------------------------------------- helpers
 def base_config(base: str) -> dict[str, Any]:
     """The base model's config.json as a dict: local folder (transformers or MLX) or the built-in."""
-    if builtin.is_builtin(base):
-        return builtin.load_config().to_dict()
+    if builtin_model.is_builtin(base):
+        return builtin_model.load_config().to_dict()
     path = Path(base).expanduser()
     if (path / "config.json").exists():
         return json.loads((path / "config.json").read_text())

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mac import builtin
+from trainer import builtin_model
 
 SOURCE_FILE = "ft_source.json"
 
@@ -55,8 +55,8 @@ def fix_config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 
 def _local_source(model: str, revision: str | None) -> Path:
-    if builtin.is_builtin(model):
-        return builtin.materialize()
+    if builtin_model.is_builtin(model):
+        return builtin_model.materialize()
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").exists():

@@ -21,8 +21,8 @@ from typing import Any
 
 from rich.console import Console
 
-from mac import builtin
 from mac.adapter_convert import mlx_to_peft
+from trainer import builtin_model
 from trainer.spec import JobSpec, PrototypeSpec, SFTStage
 
 OUTPUT_ROOT = Path("outputs/mlx")
@@ -432,7 +432,7 @@ def run_prototype(spec: JobSpec, spec_dir: Path, iters: int | None = None, max_s
         "eval": eval_block,
         "notes": notes,
     }
-    check_base = builtin.is_builtin(spec.model.base) or Path(spec.model.base).expanduser().exists()
+    check_base = builtin_model.is_builtin(spec.model.base) or Path(spec.model.base).expanduser().exists()
     metrics["peft"] = mlx_to_peft(adapters_dir, peft_dir, spec.model.base, check_base=check_base)
     plot_losses(callback.train, callback.val, out_dir / "loss.png",
                 f"{spec.name}: mlx-lm LoRA on {Path(model_name).name}")

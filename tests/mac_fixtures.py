@@ -27,7 +27,7 @@ def make_tiny_llama(dest: Path, layers: int = 2, hidden: int = 64, seed: int = 0
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mac import builtin
+    from trainer import builtin_model as builtin
 
     tok = builtin.load_tokenizer()
     torch.manual_seed(seed)

