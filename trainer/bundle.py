@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from trainer.errors import BadInput
 from trainer.spec import JobSpec, SpecError, load_yaml, parse_spec
 from trainer.store import MARKER, STORE_FILES, cache_root, open_store, sha256_file, split_uri
 from trainer.textio import ROLE_OF_KIND, RowError, check_file
@@ -41,7 +42,7 @@ TRACKED_TOOLS = ["llm-finetuning", "torch", "transformers", "trl", "peft", "acce
                  "mlx", "mlx-lm", "skypilot"]
 
 
-class BundleError(ValueError):
+class BundleError(BadInput):
     """A bundle that must not be trained on; the trainer exits 2 on it."""
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainer.errors import BadInput
 
 BUILTIN_MODEL = "builtin:smollm2-135m"
 
@@ -26,8 +29,8 @@ def builtin_model_dir() -> Path:
     return cache_root() / "models" / "smollm2-135m"
 
 
-class SpecError(ValueError):
-    """A spec that cannot be used. `problems` holds (location, message) pairs."""
+class SpecError(BadInput):
+    """A spec that cannot be used (exit 2). `problems` holds (location, message) pairs."""
 
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
@@ -558,7 +561,7 @@ def _format_loc(loc: tuple) -> str:
 _LEADING_PATH = re.compile(r"((?:stages|data|model|finetune|resources|distributed)(?:\[\d+\]|\.\w+)+)(?: \(\w+\))?: ")
 
 
-def problems_from(err: ValidationError, lines: dict[tuple, int] | None = None) -> list[tuple[str, str]]:
+def problems_from(err: ValidationError, lines: dict[tuple, int | str] | None = None) -> list[tuple[str, str]]:
     problems = []
     for e in err.errors():
         # Discriminated unions put the tag ('sft', 'dpo', ...) into the path; it is not a YAML key.
@@ -577,24 +580,37 @@ def problems_from(err: ValidationError, lines: dict[tuple, int] | None = None) -
                     break
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        place = line if isinstance(line, str) else f"line {line}"  # a str: the command-line override
         if line and where:
-            where = f"{where} (line {line})"
+            where = f"{where} ({place})"
         elif line:
-            where = f"line {line}"
+            where = place
         problems.append((where, msg))
     return problems
 
 
-def parse_spec(data: Any, source: str = "<spec>", text: str | None = None) -> JobSpec:
+def parse_spec(data: Any, source: str = "<spec>", text: str | None = None,
+               lines: dict[tuple, int | str] | None = None) -> JobSpec:
+    """`lines`: where each field came from (a line of `text`, or an override), for error messages."""
     if not isinstance(data, dict):
         raise SpecError(source, [("", "the spec must be a YAML mapping at the top level")])
     try:
         return JobSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(source, problems_from(err, _yaml_lines(text) if text else None)) from None
+        if lines is None and text:
+            lines = _yaml_lines(text)
+        raise SpecError(source, problems_from(err, lines)) from None
 
 
-def load_spec(path: str | Path) -> JobSpec:
+def _with_origins(lines: dict[tuple, int | str], origins: dict[tuple, str]) -> dict[tuple, int | str]:
+    """Fields set on the command line point at their override, not at the line they replaced."""
+    out = {path: line for path, line in lines.items()
+           if not any(path[:len(o)] == o for o in origins)}
+    return {**out, **origins}
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> JobSpec:
+    """Read and check a spec file; `overrides` (`KEY=VALUE`, see trainer.overrides) apply before the check."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -604,7 +620,14 @@ def load_spec(path: str | Path) -> JobSpec:
         raise SpecError(str(path), [("", f"not UTF-8 ({e.reason} at byte {e.start})")]) from None
     except OSError as e:
         raise SpecError(str(path), [("", f"cannot read ({e.strerror or e})")]) from None
-    return parse_spec(load_yaml(text, str(path)), str(path), text)
+    data = load_yaml(text, str(path))
+    lines: dict[tuple, int | str] = _yaml_lines(text)
+    if overrides:
+        from trainer.overrides import apply_overrides  # it builds on this module: imported when used
+
+        data, origins = apply_overrides(data, overrides, str(path))
+        lines = _with_origins(lines, origins)
+    return parse_spec(data, str(path), lines=lines)
 
 
 def json_schema() -> str:
