@@ -16,12 +16,13 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 from images.tags import REPO_ROOT, content_hash, image_def, image_ref
+from trainer.errors import FtError
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 
-class BuildError(RuntimeError):
-    pass
+class BuildError(FtError, RuntimeError):
+    """The daemon is unreachable or a build step failed: the work ran and said no (exit 1), with its message."""
 
 
 def _client() -> Any:

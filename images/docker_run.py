@@ -27,8 +27,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-               "HF_TOKEN", "WANDB_API_KEY")
+from trainer import settings
+from trainer.errors import BadInput
+from trainer.settings import SECRET_NAMES
+
+# Passed by name only, never printed: the secrets the trainer uses (the registry password is SkyPilot's,
+# not the container's) and the S3 endpoint, which may name a private host.
+CREDENTIALS = (*(n for n in SECRET_NAMES if n != "SKYPILOT_DOCKER_PASSWORD"), "AWS_ENDPOINT_URL")
 # Not secret, but the container needs them to reach the same store and region as this machine.
 PASSTHROUGH = ("AWS_DEFAULT_REGION", "AWS_REGION")
 BUNDLE_MOUNT = "/bundle"
@@ -41,8 +46,8 @@ SPEC_FILE = "spec.yaml"
 MANIFEST = "manifest.json"
 
 
-class DockerRunError(ValueError):
-    pass
+class DockerRunError(BadInput):
+    """The bundle, the store, --gpus or the docker daemon is not usable as given."""
 
 
 def _is_uri(value: str) -> bool:
@@ -106,76 +111,70 @@ def run_request(
     `store` (or FT_STORE in the environment) overrides the bundle spec's `store.uri`; `image` defaults
     to the content-addressed tag of Dockerfile.gpu; `hf_cache` names a volume (or host folder) kept at
     the image's HF cache, None for none; `gpus` is docker's --gpus value, None to run without GPUs.
+    `environ` stands in for this process's environment (tests).
     """
     env_in = dict(os.environ if environ is None else environ)
-    target = str(bundle_path_or_uri)
-    volumes: dict[str, dict[str, str]] = {}
-    environment: dict[str, str] = {}
-    labels = {"ft.bundle": target}
-
-    override = store or env_in.get("FT_STORE")
-    if _is_uri(target):
-        bundle_arg = target
-        store_uri = override  # else the trainer reads it from the bundle's spec
-    else:
-        bundle = _local_path(target)
-        if not (bundle / MANIFEST).is_file() or not (bundle / SPEC_FILE).is_file():
-            raise DockerRunError(f"{bundle}: not a bundle folder (no {MANIFEST} / {SPEC_FILE}); "
-                                 "export one with `ft bundle`")
-        volumes[str(bundle)] = {"bind": BUNDLE_MOUNT, "mode": "ro"}
-        bundle_arg = BUNDLE_MOUNT
-        labels["ft.bundle"] = bundle.name
-        store_uri = override or _bundle_store_uri(bundle)
-
-    if store_uri and not _is_uri(store_uri):
-        # A local store: relative paths are relative to where `ft run` is started, as for --local.
-        volumes[str(_local_path(store_uri))] = {"bind": STORE_MOUNT, "mode": "rw"}
-        environment["FT_STORE"] = STORE_MOUNT
-    elif override:
-        environment["FT_STORE"] = override
-
+    override = store or (settings.store() if environ is None else env_in.get("FT_STORE") or None)
+    bundle_arg, store_uri, volumes, labels = _bundle_mount(str(bundle_path_or_uri), override)
+    environment = _store_mount(store_uri, override, volumes)
     if hf_cache:
         source = hf_cache if "/" not in hf_cache else str(_local_path(hf_cache))
         volumes[source] = {"bind": HF_CACHE_MOUNT, "mode": "rw"}
-
-    for key in (*CREDENTIALS, *PASSTHROUGH):
-        if env_in.get(key):
-            environment[key] = env_in[key]
-
+    environment.update({key: env_in[key] for key in (*CREDENTIALS, *PASSTHROUGH) if env_in.get(key)})
     command = ["run", bundle_arg]
     if stage:
         command += ["--stage", stage]
     if run_id:
         command += ["--run-id", run_id]
-
     if image is None:
         from images.tags import image_ref
 
         image = image_ref("gpu")
-
-    from docker.types import Ulimit
-
-    request: dict[str, Any] = {
-        "image": image,
-        "command": command,
-        "user": _user(),
-        "volumes": volumes,
-        "environment": environment,
-        "labels": labels,
-        "shm_size": SHM_SIZE,
-        "detach": True,
-    }
-    if gpus:
-        request["device_requests"] = _device_requests(gpus)
-        # NVIDIA's recommended limits for PyTorch on GPUs: pinned host memory, deep CUDA graph stacks.
-        # Only with GPUs: a daemon without CAP_SYS_RESOURCE (rootless, nested) refuses them.
-        request["ulimits"] = [Ulimit(name="memlock", soft=-1, hard=-1),
-                              Ulimit(name="stack", soft=67108864, hard=67108864)]
-    if _needs_host_network(env_in):
-        request["network_mode"] = "host"
+    request: dict[str, Any] = {"image": image, "command": command, "user": _user(), "volumes": volumes,
+                               "environment": environment, "labels": labels, "shm_size": SHM_SIZE, "detach": True}
+    request.update(_host_options(gpus, env_in))
     if name:
         request["name"] = name
     return request
+
+
+def _bundle_mount(target: str, store_override: str | None) -> tuple[str, str | None, dict[str, dict[str, str]],
+                                                                       dict[str, str]]:
+    """(the trainer's bundle argument, the store URI, volumes, labels) for a bundle folder or URI."""
+    if _is_uri(target):  # passed as it is: the trainer downloads it and reads the store from its spec
+        return target, store_override, {}, {"ft.bundle": target}
+    bundle = _local_path(target)
+    if not (bundle / MANIFEST).is_file() or not (bundle / SPEC_FILE).is_file():
+        raise DockerRunError(f"{bundle}: not a bundle folder (no {MANIFEST} / {SPEC_FILE}); "
+                             "export one with `ft bundle`")
+    volumes = {str(bundle): {"bind": BUNDLE_MOUNT, "mode": "ro"}}
+    return BUNDLE_MOUNT, store_override or _bundle_store_uri(bundle), volumes, {"ft.bundle": bundle.name}
+
+
+def _store_mount(store_uri: str | None, store_override: str | None,
+                 volumes: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The container's FT_STORE, mounting a local store folder into `volumes`."""
+    if store_uri and not _is_uri(store_uri):
+        # A local store: relative paths are relative to where `ft run` is started, as for --local.
+        volumes[str(_local_path(store_uri))] = {"bind": STORE_MOUNT, "mode": "rw"}
+        return {"FT_STORE": STORE_MOUNT}
+    return {"FT_STORE": store_override} if store_override else {}
+
+
+def _host_options(gpus: str | None, env_in: Mapping[str, str]) -> dict[str, Any]:
+    """GPUs, their ulimits and the network mode."""
+    options: dict[str, Any] = {}
+    if gpus:
+        from docker.types import Ulimit
+
+        options["device_requests"] = _device_requests(gpus)
+        # NVIDIA's recommended limits for PyTorch on GPUs: pinned host memory, deep CUDA graph stacks.
+        # Only with GPUs: a daemon without CAP_SYS_RESOURCE (rootless, nested) refuses them.
+        options["ulimits"] = [Ulimit(name="memlock", soft=-1, hard=-1),
+                              Ulimit(name="stack", soft=67108864, hard=67108864)]
+    if _needs_host_network(env_in):
+        options["network_mode"] = "host"
+    return options
 
 
 def format_docker_command(request: Mapping[str, Any]) -> str:

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.errors import BadInput
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TAG_LENGTH = 16
 # Mirrors .dockerignore for the folders the images copy: never part of an image, never part of a tag.
@@ -53,7 +55,7 @@ def image_def(kind: str) -> ImageDef:
     try:
         return IMAGES[kind]
     except KeyError:
-        raise ValueError(f"unknown image {kind!r}: choose one of {', '.join(IMAGES)}") from None
+        raise BadInput(f"unknown image {kind!r}: choose one of {', '.join(IMAGES)}") from None
 
 
 def _skipped(rel: Path) -> bool:

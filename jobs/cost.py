@@ -34,12 +34,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from jobs.gpu_fit import ModelShape, weight_bytes
+from trainer import settings
 from trainer.spec import DPOStage, GRPOStage, JobSpec, SFTStage, StageBase
 
 LORA_FLOP_FACTOR = 4 / 6  # see the module docstring: no weight gradients for the frozen base
@@ -128,9 +128,7 @@ BYTES_PER_TOKEN = 3.5  # JSONL bytes per token, only when no tokenizer is reacha
 def measured_mfu() -> dict[str, dict[str, float]]:
     """Measured MFU figures that replace MFU: JSON {"H100": {"sft": 0.42}, "*": {"grpo": 0.2}} in
     $FT_MFU_FILE (else <cache>/mfu.json), as a GPU benchmark writes it."""
-    from trainer.store import cache_root
-
-    path = Path(os.environ.get("FT_MFU_FILE") or cache_root() / "mfu.json")
+    path = settings.mfu_file()
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -176,9 +174,7 @@ def _tokenizer_for(base: str, spec_dir: Path | None):
 
 
 def _cache_file() -> Path:
-    from trainer.store import cache_root
-
-    return cache_root() / "token_counts.json"
+    return settings.cache_root() / "token_counts.json"
 
 
 def data_tokens(spec: JobSpec, spec_dir: Path | None, count_tokens: bool = True) -> dict[str, Tokens]:

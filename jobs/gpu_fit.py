@@ -29,11 +29,12 @@ import difflib
 import functools
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from trainer import settings
+from trainer.errors import BadInput
 from trainer.spec import BUILTIN_MODEL, DPOStage, GRPOStage, JobSpec, StageBase
 
 GIB = 1024**3
@@ -127,7 +128,7 @@ _QWEN_SHAPES: dict[float, ModelShape] = {
 }
 
 
-class ModelSizeError(ValueError):
+class ModelSizeError(BadInput):
     """The model's size cannot be known here: a user error with its fix, not a traceback."""
 
 
@@ -186,7 +187,7 @@ def _hub_config(repo: str) -> str | None:
     cached = try_to_load_from_cache(repo, "config.json")
     if isinstance(cached, str):
         return cached
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("FT_OFFLINE") or not _hub_reachable():
+    if settings.offline() or not _hub_reachable():
         return None
     try:  # a few KB; gated repos need HF_TOKEN and fall back to the name otherwise
         return hf_hub_download(repo, "config.json", etag_timeout=5)
@@ -219,10 +220,6 @@ class StageEstimate:
     def per_gpu_gib(self) -> float:
         return sum(self.parts.values())
 
-    @property
-    def total_gib(self) -> float:
-        return self.per_gpu_gib * self.num_gpus
-
 
 @dataclass
 class JobEstimate:
@@ -235,10 +232,6 @@ class JobEstimate:
     def per_gpu_gib(self) -> float:
         """The stage with the biggest need decides: one job runs all its stages on one machine."""
         return max(s.per_gpu_gib for s in self.stages)
-
-    @property
-    def peak(self) -> StageEstimate:
-        return max(self.stages, key=lambda s: s.per_gpu_gib)
 
 
 def weight_bytes(spec: JobSpec, shape: ModelShape) -> float:

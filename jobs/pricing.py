@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from jobs import catalog, cost, gpu_fit
+from trainer import settings
 from trainer.spec import JobSpec
 
 CLOUDS = ("lambda", "aws", "runpod", "vast")
@@ -161,7 +161,7 @@ def list_offers(
     memory: dict[tuple, float | None] = {}
     for cloud in clouds:
         if not catalog_path(cloud).exists():
-            if os.environ.get("FT_CATALOG_DOWNLOAD") == "1":
+            if settings.catalog_download():
                 catalog.download(cloud)
             else:
                 notes.append(f"{cloud}: no cached SkyPilot catalog at {catalog_path(cloud)} "

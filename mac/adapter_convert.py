@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import builtin_model
+from trainer.errors import BadInput
 
 MLX_WEIGHTS = "adapters.safetensors"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -32,8 +33,8 @@ _PEFT_NAME = re.compile(r"^(?P<module>.+)\.(?P<leaf>lora_A|lora_B)(?:\.[^.]+)?\.
 _LAYER = re.compile(r"^(?P<stem>(?:.*\.)?(?P<pattern>[^.]+))\.(?P<idx>\d+)\.(?P<rel>.+)$")
 
 
-class AdapterConvertError(ValueError):
-    pass
+class AdapterConvertError(BadInput):
+    """An adapter (or its base model's config) that does not convert: the message names the file and why."""
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from trainer.errors import BadInput
 from trainer.textio import read_lines
 
 MATH_SYSTEM = (
@@ -43,8 +44,8 @@ PROTOTYPE_LIMIT = {"math": 2000, "translation": 50000}
 CALCULATOR = re.compile(r"<<[^>]*>>")
 
 
-class DataSourceError(ValueError):
-    pass
+class DataSourceError(BadInput):
+    """A local data source that is not in the expected format; the message names the file (and line)."""
 
 
 @dataclass
@@ -270,3 +271,13 @@ def _write_config(out: Path, task: str, source: str, full: bool, seed: int, coun
     config = {"task": task, "source": source, "full": full, "seed": seed, "files": counts,
               "dropped": {"exact_duplicates": dupes, "test_overlap": leaks}}
     (out / "data_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------ the demo
+DEMO_SAMPLE = Path("data/samples/gsm8k")
+DEMO_DATA = Path("data/processed/demo")
+
+
+def prepare_demo_data(root: Path = Path(".")) -> PrepResult:
+    """The data `configs/demo.yaml` names: the bundled GSM8K sample, prepared as `ft data prepare` does."""
+    return prepare_math(str(root / DEMO_SAMPLE), root / DEMO_DATA, limit=200, test_limit=50)

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from trainer import builtin_model
+from trainer.errors import BadInput
 
 SOURCE_FILE = "ft_source.json"
 
 
-class ConvertError(RuntimeError):
-    pass
+class ConvertError(BadInput):
+    """The model or the options cannot be converted as given (no such folder, bad bits, an existing output)."""
 
 
 def fix_config(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

@@ -23,13 +23,14 @@ from rich.console import Console
 
 from mac.adapter_convert import mlx_to_peft
 from trainer import builtin_model
+from trainer.errors import BadInput
 from trainer.spec import JobSpec, PrototypeSpec, SFTStage
 
 OUTPUT_ROOT = Path("outputs/mlx")
 
 
-class PrototypeError(RuntimeError):
-    pass
+class PrototypeError(BadInput):
+    """The spec, its data or this machine's memory cannot run the prototype; the message says what to change."""
 
 
 @dataclass

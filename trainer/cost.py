@@ -24,9 +24,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trainer import settings
+from trainer.errors import EXIT_BUDGET
+
+# The two variables `ft launch` writes (jobs/cost.py) and the trainer reads; listed with every other FT_*
+# variable in trainer/settings.py. EXIT_BUDGET is not in recover_on_exit_codes: SkyPilot does not retry it.
 ENV_PRICES = "FT_PRICES"  # JSON list: {cloud, region, instance_type, accelerator, count, spot, price_per_hour}
 ENV_BUDGET = "FT_MAX_COST_USD"
-EXIT_BUDGET = 3  # "stopped at the budget": not in recover_on_exit_codes, so SkyPilot does not retry it
 
 
 @dataclass(frozen=True)
@@ -67,19 +71,22 @@ def instance_from_env(env: Mapping[str, str] | None = None) -> Instance | None:
                     nodes=_int("SKYPILOT_NUM_NODES"), gpus_per_node=_int("SKYPILOT_NUM_GPUS_PER_NODE"))
 
 
+def _read(name: str, env: Mapping[str, str] | None) -> str | None:
+    """The variable from `env` (tests), else from this process's environment through settings."""
+    return settings.text(name) if env is None else env.get(name) or None
+
+
 def prices_from_env(env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    env = os.environ if env is None else env
     try:
-        rows = json.loads(env.get(ENV_PRICES) or "[]")
+        rows = json.loads(_read(ENV_PRICES, env) or "[]")
     except ValueError:
         return []
     return [r for r in rows if isinstance(r, dict) and isinstance(r.get("price_per_hour"), (int, float))]
 
 
 def budget_from_env(env: Mapping[str, str] | None = None) -> float | None:
-    env = os.environ if env is None else env
     try:
-        value = float(env.get(ENV_BUDGET) or "nan")
+        value = float(_read(ENV_BUDGET, env) or "nan")
     except ValueError:
         return None
     return value if math.isfinite(value) and value > 0 else None

@@ -13,10 +13,12 @@ from __future__ import annotations
 import os
 import signal
 
+from trainer import settings
+
 
 def _faults() -> dict[str, str]:
     out = {}
-    for item in filter(None, (os.environ.get("FT_FAULT") or "").split(",")):
+    for item in filter(None, settings.faults().split(",")):
         name, _, value = item.strip().partition("=")
         out[name] = value
     return out

@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from trainer import settings
 from trainer.store import Exists, Store, StoreUnavailable
 
 
@@ -25,18 +26,13 @@ class LeaseHeld(StoreUnavailable):
     """Another live trainer holds the run: retryable (exit 75), the holder may die or finish."""
 
 
-def _env_seconds(name: str, default: float) -> float:
-    return float(os.environ.get(name) or default)
-
-
 @dataclass
 class RunLease:
     store: Store
     key: str  # e.g. runs/<id>/_LEASE
-    ttl: float = field(default_factory=lambda: _env_seconds("FT_LEASE_TTL_S", 90))
+    ttl: float = field(default_factory=settings.lease_ttl_s)
     # by default long enough for a dead holder's lease to expire, not long enough to hide a live one
-    wait: float = field(default_factory=lambda: _env_seconds(
-        "FT_LEASE_WAIT_S", _env_seconds("FT_LEASE_TTL_S", 90) + 30))
+    wait: float = field(default_factory=settings.lease_wait_s)
     holder: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     on_lost: object = None  # callable run when the lease is found taken over
     _stop: threading.Event = field(default_factory=threading.Event)

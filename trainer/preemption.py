@@ -19,10 +19,11 @@ import sys
 import threading
 from collections.abc import Callable
 
-EXIT_RETRYABLE = 75
+from trainer import settings
+from trainer.errors import EXIT_RETRYABLE, Retryable
 
 
-class Preempted(Exception):
+class Preempted(Retryable):
     """Training stopped on SIGTERM after its checkpoint reached the store."""
 
 
@@ -32,7 +33,7 @@ class PreemptionGuard:
     def __init__(self, on_exit: Callable[[int], None] | None = None):
         self.requested = False
         self.in_training = False
-        self.grace = float(os.environ.get("FT_SIGTERM_GRACE_S") or 45)
+        self.grace = settings.sigterm_grace_s()
         self.on_exit = on_exit  # e.g. write FT_EXIT_CODE_FILE before the hard exit
 
     def install(self) -> PreemptionGuard:

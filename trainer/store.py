@@ -32,6 +32,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from trainer import settings
+from trainer.errors import BadInput, Retryable
+from trainer.settings import cache_root  # noqa: F401 - re-exported until bundle.py and spec.py import settings
+
 MARKER = "_COMPLETE"
 MANIFEST = "_MANIFEST.json"
 STORE_FILES = {MARKER, MANIFEST}  # the store's own bookkeeping: never part of a folder's content
@@ -39,18 +43,13 @@ SHA_META = "sha256"  # S3 object metadata key holding the content hash (idempote
 CHUNK = 8 * 1024 * 1024
 
 
-def cache_root() -> Path:
-    """Where local copies live (bundles, runs, the built-in model): $FT_CACHE, else ~/.cache/ft."""
-    return Path(os.environ.get("FT_CACHE", Path.home() / ".cache" / "ft"))
-
-
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(Retryable):
     """The store could not be reached or did not answer in time (network, endpoint down, 5xx,
     throttling). Retryable: the trainer exits with EXIT_RETRYABLE so SkyPilot's job recovery starts
     it again."""
 
 
-class StoreError(ValueError):
+class StoreError(BadInput):
     """The store answered, and the answer will not change on a retry: no such bucket, access
     denied, no credentials, a corrupt folder. Bad input (exit 2)."""
 
@@ -257,9 +256,6 @@ class Store(ABC):
     def is_complete(self, key: str) -> bool:
         return self.exists(_join(key, MARKER))
 
-    def mark_complete(self, key: str) -> None:
-        self.write_text(_join(key, MARKER), "")
-
 
 class LocalStore(Store):
     def __init__(self, root: str | Path):
@@ -391,7 +387,7 @@ class S3Store(Store):
         self.bucket, self.prefix = bucket, prefix.strip("/")
         # A stalled endpoint must end in a retryable error within minutes, not hang the job:
         # FT_STORE_TIMEOUT_S bounds each request, AWS_MAX_ATTEMPTS the retries.
-        timeout = float(os.environ.get("FT_STORE_TIMEOUT_S") or 60)
+        timeout = settings.store_timeout_s()
         attempts = int(os.environ.get("AWS_MAX_ATTEMPTS") or 5)
         config = Config(retries={"max_attempts": attempts, "mode": "standard"}, max_pool_connections=32,
                         connect_timeout=min(10.0, timeout), read_timeout=timeout)
