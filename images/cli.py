@@ -1,18 +1,16 @@
 """`ft image tag|build`: the content-addressed tag of an image, and building it with the docker SDK.
-(`ft run BUNDLE --docker` lives in jobs.run_cli and calls images.docker_run.)"""
+(`ft run BUNDLE --docker` lives in jobs.run_cli and calls images.docker_run.)
+
+Errors are raised (BadInput: exit 2; a failed build: exit 1) and printed by `ft`'s error boundary."""
 
 from __future__ import annotations
 
 import typer
 from rich.console import Console
 
+from trainer.errors import BadInput
+
 console = Console()
-_err = Console(stderr=True)
-
-
-def fail(message: str, code: int = 1) -> None:
-    _err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 image_app = typer.Typer(help="The GPU and vLLM images: content-addressed tags, build, push.", no_args_is_help=True)
 
@@ -25,7 +23,7 @@ def _build_args(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(f"--build-arg {pair!r}: expected KEY=VALUE", 2)
+            raise BadInput(f"--build-arg {pair!r}: expected KEY=VALUE")
         args[key] = value
     return args
 
@@ -41,8 +39,8 @@ def tag(
 
     try:
         print(image_ref(kind, registry=registry, build_args=_build_args(build_arg)))
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e), 2)
+    except (ValueError, FileNotFoundError) as e:  # an unknown kind, a missing Dockerfile or lock
+        raise BadInput(str(e)) from None
 
 
 @image_app.command("build")
@@ -55,17 +53,15 @@ def build(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="show the steps only, not their output"),
 ) -> None:
     """Build the image with the docker SDK and tag it with its content hash."""
-    from images.build import BuildError, build_image
+    from images.build import build_image
     from images.tags import image_def
 
     try:
         image_def(kind)
-        ref = build_image(kind, console, build_args=_build_args(build_arg), push=push, network_mode=network,
-                          nocache=no_cache, verbose=not quiet)
     except (ValueError, FileNotFoundError) as e:
-        fail(str(e), 2)
-    except BuildError as e:
-        fail(f"image build failed: {e}")
+        raise BadInput(str(e)) from None
+    ref = build_image(kind, console, build_args=_build_args(build_arg), push=push, network_mode=network,
+                      nocache=no_cache, verbose=not quiet)  # BuildError: exit 1 with docker's reason
     print(ref)
 
 
@@ -74,4 +70,4 @@ def register(app: typer.Typer) -> None:
 
 
 if __name__ == "__main__":
-    image_app()  # `python -m images.cli build gpu …`: the image commands without the rest of `ft`
+    image_app()  # `python -m images.cli build gpu …` (images/test_docker.sh): without the rest of `ft`

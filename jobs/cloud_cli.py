@@ -1,5 +1,6 @@
-"""The cloud commands: `ft gpus`, `ft launch`, `ft status`, `ft logs`, `ft cancel`, `ft fetch`.
-SkyPilot is imported inside the commands only (`import jobs` must not import it)."""
+"""The cloud commands: `ft gpus`, `ft preflight`, `ft launch`, `ft status`, `ft logs`, `ft cancel`, `ft fetch`.
+SkyPilot is imported inside the commands only (`import jobs` must not import it). Errors are raised
+(BadInput, LaunchError, store errors) and printed by `ft`'s one error boundary (jobs.cli)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from jobs.console import console, fail, resolve_store, store_option
+from mac.cli import overrides_argument, spec_file
+from trainer.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput
 
 
 def _parse_gpu(gpu: str | None) -> tuple[str | None, int | None]:
     if not gpu:
         return None, None
     name, _, count = gpu.partition(":")
-    try:
-        return name, int(count) if count else None
-    except ValueError:
-        fail(f"--gpu {gpu!r}: expected NAME or NAME:COUNT (e.g. A100-80GB:1)", 2)
-        raise  # unreachable; fail() exits
+    if not name or (count and not count.isdigit()):
+        raise BadInput(f"--gpus {gpu!r}: expected NAME or NAME:COUNT (e.g. A100-80GB:1)")
+    return name, int(count) if count else None
 
 
 def _spot_choice(spot: bool | None) -> str | None:
@@ -32,15 +33,6 @@ def _age(hours: float | None) -> str:
     if hours is None:
         return "not cached"
     return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.0f} h" if hours < 48 else f"{hours / 24:.0f} days"
-
-
-def _load(config: Path):
-    from trainer.spec import SpecError, load_spec
-
-    try:
-        return load_spec(config)
-    except SpecError as e:
-        fail(str(e), 1)
 
 
 def _region(o) -> str:
@@ -116,15 +108,6 @@ def _headline(offers, fastest: bool) -> str | None:
     return f"[bold]{what} whole job:[/] {escape(text)}"
 
 
-def _job_or_fail(spec, spec_dir: Path):
-    from jobs import gpu_fit, pricing
-
-    try:
-        return pricing.job_cost(spec, spec_dir)
-    except gpu_fit.ModelSizeError as e:
-        fail(str(e), 1)
-
-
 def _no_offer_message(accel: str | None, cloud_list: list[str]) -> str:
     from jobs import gpu_fit, pricing
 
@@ -138,32 +121,40 @@ def _no_offer_message(accel: str | None, cloud_list: list[str]) -> str:
 
 
 def gpus_command(
-    config: Path | None = typer.Option(None, "--config", "-c", help="job spec: only GPUs it fits, with job cost"),
-    gpu: str | None = typer.Option(None, "--gpu", help="NAME[:COUNT], e.g. A100-80GB:1"),
+    config: Path | None = typer.Argument(None, metavar="CONFIG",
+                                         help="job spec: only the GPUs it fits, with the whole job's cost"),
+    overrides: list[str] | None = overrides_argument(),
+    gpu: str | None = typer.Option(None, "--gpus", help="NAME[:COUNT], e.g. A100-80GB:1"),
     spot: bool | None = typer.Option(None, "--spot/--on-demand", help="default: both (a spec: its use_spot)"),
     clouds: list[str] | None = typer.Option(None, "--clouds", help="lambda, aws, runpod, vast (repeatable)"),
     max_price: float | None = typer.Option(None, "--max-price", help="$/h ceiling"),
     enabled_only: bool = typer.Option(False, "--enabled-only",
                                       help="only clouds `sky check` enabled (fills the enabled column)"),
-    fastest: bool = typer.Option(False, "--fastest", help="with --config: quickest whole job first"),
+    fastest: bool = typer.Option(False, "--fastest", help="with CONFIG: the quickest whole job first"),
     limit: int = typer.Option(25, "--limit", help="rows shown (0: all)"),
     as_json: bool = typer.Option(False, "--json", help="rows as JSON objects"),
 ) -> None:
-    """GPU offers from SkyPilot's cached catalog, filtered by fit and provider limits: with --config,
-    the cheapest whole job first (setup, training, generation and evaluation estimated), else by $/h.
-    One row per (cloud, instance type, spot): its cheapest region and how many others offer it."""
-    from jobs import pricing
+    """GPU offers from SkyPilot's cached catalog, filtered by fit and provider limits.
 
+    With CONFIG: the GPUs the job fits, the cheapest whole job first (setup, training, generation and
+    evaluation estimated); without: every offer by $/h. One row per (cloud, instance type, spot) with its
+    cheapest region and how many other regions offer it.
+    """
+    from jobs import pricing
+    from trainer.spec import load_spec
+
+    if overrides and config is None:
+        raise BadInput("KEY=VALUE overrides need a CONFIG")
     accel, count = _parse_gpu(gpu)
     cloud_list = [c.strip().lower() for group in (clouds or []) for c in group.split(",") if c.strip()]
     unknown = sorted(set(cloud_list) - set(pricing.CLOUDS))
     if unknown:
-        fail(f"--clouds: unknown {', '.join(unknown)} (one of {', '.join(pricing.CLOUDS)})", 2)
+        raise BadInput(f"--clouds: unknown {', '.join(unknown)} (one of {', '.join(pricing.CLOUDS)})")
     notes: list[str] = []
     spec = spec_dir = job = None
     if config:
-        spec, spec_dir = _load(config), config.resolve().parent
-        job = _job_or_fail(spec, spec_dir)
+        spec, spec_dir = load_spec(spec_file(config), overrides or ()), config.resolve().parent
+        job = pricing.job_cost(spec, spec_dir)
         offers = pricing.candidates_for_spec(spec, spec_dir, _spot_choice(spot), cloud_list or None, max_price,
                                              accel, count, notes, fastest=fastest, job=job)
     else:
@@ -178,7 +169,7 @@ def gpus_command(
     if as_json:
         print(json.dumps([o.json_row() for o in shown], indent=2))
         if not offers:
-            fail(_no_offer_message(accel, cloud_list), 1)
+            fail(_no_offer_message(accel, cloud_list), EXIT_FAILED)
         return
     ages = pricing.catalog_ages(cloud_list or pricing.CLOUDS)
     console.print("catalog age: " + ", ".join(f"{c} {_age(h)}" for c, h in ages.items())
@@ -198,7 +189,7 @@ def gpus_command(
     for note in notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if not offers:
-        fail(_no_offer_message(accel, cloud_list), 1)
+        fail(_no_offer_message(accel, cloud_list), EXIT_FAILED)
 
 
 def _print_checks(report) -> None:
@@ -214,25 +205,28 @@ def _confirm(yes: bool, what: str) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        fail(f"not launching {what}: no terminal to confirm on; pass --yes to launch non-interactively", 2)
+        fail(f"not launching {what}: no terminal to confirm on; pass --yes to launch non-interactively",
+             EXIT_BAD_INPUT)
     if not typer.confirm(f"Launch {what}? Proceed?", default=True):
-        fail("not launched (declined)", 1)
+        fail("not launched (declined)", EXIT_FAILED)
 
 
 def preflight_command(
-    config: Path = typer.Argument(..., help="job spec YAML"),
+    config: Path = typer.Argument(..., metavar="CONFIG", help="job spec YAML"),
+    overrides: list[str] | None = overrides_argument(),
     offline: bool = typer.Option(False, "--offline", help="skip the store probe and the enabled clouds"),
     as_json: bool = typer.Option(False, "--json", help="the checks as JSON"),
 ) -> None:
-    """Everything `ft launch` checks before it spends: spec and data, accelerator names, the store
-    reachable and writable (a tiny object written and removed), enabled clouds (`sky check`'s cached
-    result), and the plan (GPU, cloud, spot, estimated hours and $). Exit 0 ready, 2 bad input,
-    75 retryable (store or network unreachable)."""
+    """Everything `ft launch` checks before it spends anything.
+
+    The spec and its data (as `ft validate`), the accelerator names, the store reachable and writable
+    (a tiny object written and removed), the enabled clouds (`sky check`'s cached result), and the plan
+    (GPU, cloud, spot, estimated hours and $). Exit 0 ready, 2 bad input, 75 retryable (store or network
+    unreachable).
+    """
     from jobs import preflight
 
-    if not config.is_file():
-        fail(f"{config}: file not found", 2)
-    report = preflight.run_preflight(config, cloud=not offline)
+    report = preflight.run_preflight(spec_file(config), cloud=not offline, overrides=overrides or ())
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -243,47 +237,25 @@ def preflight_command(
         raise typer.Exit(report.exit_code)
 
 
-def launch_command(
-    target: Path = typer.Argument(..., help="job spec YAML, or a bundle folder"),
-    stage: str | None = typer.Option(None, "--stage", help="one stage (or `eval`); default: every stage"),
-    run_id: str | None = typer.Option(None, "--run-id", help="default: <name>-<time>-<random>"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="print the exact task, launch nothing"),
-    detach: bool = typer.Option(False, "--detach", help="return once SkyPilot has accepted the job"),
-    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
-    bundles_dir: Path = typer.Option(Path("outputs/bundles"), "--bundles-dir", help="where bundles are written"),
-) -> None:
-    """Pre-flight, bundle and push, pick the cheapest GPUs that fit, confirm, launch a managed job.
-    Exit 0 submitted (prints the job id, run id and store), 2 refused (bad input, no cloud access,
-    over budget), 75 retryable (store, network or SkyPilot's API server unreachable)."""
-    import yaml
+def _launch_target(target: Path, overrides: list[str], dry_run: bool):
+    """(pre-flight report, spec, spec folder, verified bundle or None) for a spec file or a bundle folder."""
+    from jobs import preflight
+    from trainer.bundle import verify_bundle
 
-    from jobs import cost, launch, preflight, pricing
-    from trainer.bundle import BundleError, bundle_key, push_bundle, verify_bundle, write_bundle
-    from trainer.runs import new_run_id
-    from trainer.spec import check_name
-    from trainer.store import StoreError, StoreUnavailable
+    if target.is_dir():
+        if overrides:
+            raise BadInput(f"{target} is a frozen bundle: KEY=VALUE overrides apply to a spec file")
+        bundle = verify_bundle(target)
+        report = preflight.run_preflight(None, spec=bundle.spec, spec_dir=bundle.path, cloud=not dry_run,
+                                         validate_data=False)
+        return report, bundle.spec, bundle.path, bundle
+    if not target.is_file():
+        raise BadInput(f"{target}: no such file or bundle folder")
+    report = preflight.run_preflight(target, cloud=not dry_run, overrides=overrides)
+    return report, report.spec, target.resolve().parent, None
 
-    if run_id:
-        try:
-            check_name(run_id, "--run-id")
-        except ValueError as e:
-            fail(str(e), 2)
-    bundle = None
-    try:
-        if target.is_dir():
-            bundle = verify_bundle(target)
-            spec, spec_dir = bundle.spec, bundle.path
-            report = preflight.run_preflight(None, spec=spec, spec_dir=spec_dir, cloud=not dry_run,
-                                             validate_data=False)
-        elif target.is_file():
-            report = preflight.run_preflight(target, cloud=not dry_run)
-            spec, spec_dir = report.spec, target.resolve().parent
-        else:
-            fail(f"{target}: no such file or bundle folder", 2)
-            return
-    except (BundleError, FileNotFoundError) as e:
-        fail(str(e), 2)
-        return
+
+def _refuse_unless_ready(report, dry_run: bool) -> None:
     local_store = not (report.spec and report.spec.store.uri.startswith("s3://"))
     if dry_run and local_store:  # nothing is spent: say it, still print the task
         for c in report.checks:
@@ -292,76 +264,97 @@ def launch_command(
     _print_checks(report)
     if report.failed:
         fail(f"refusing to launch: {report.failed[0].name}: {report.failed[0].detail}", report.exit_code)
-    if stage and stage != "eval":
-        try:
-            spec.stage(stage)
-        except KeyError as e:
-            fail(str(e.args[0]), 2)
-    if bundle is None:
-        bundle = write_bundle(spec, spec_dir, bundles_dir)
-    if not local_store:
-        bundle_uri = spec.store.uri.rstrip("/") + "/" + bundle_key(bundle)
-    else:
-        bundle_uri = str(Path(spec.store.uri).resolve() / bundle_key(bundle))
-    run_id = run_id or new_run_id(spec.name)
+
+
+def _print_plan(spec, spec_dir: Path, offers) -> None:
+    from jobs import launch, pricing
+
     job = pricing.job_cost(spec, spec_dir)
-    offers = report.offers
     for line in _estimate_lines(spec, spec_dir, job):
         console.print(line, highlight=False, markup=False)
     headline = _headline(offers, fastest=False)
     if headline:
         console.print(headline, highlight=False)
-    budget = spec.resources.max_cost_usd
     _print_table(_offers_table(pricing.group_offers(offers)[: launch.MAX_CANDIDATES], with_cost=True))
     if not offers:
         console.print("[yellow]note:[/] no priced offer from the catalog: SkyPilot's optimizer chooses among "
                       "the YAML's candidates", highlight=False)
+
+
+def launch_command(
+    target: Path = typer.Argument(..., metavar="CONFIG_OR_BUNDLE", help="job spec YAML, or a bundle folder"),
+    overrides: list[str] | None = overrides_argument(),
+    stage: str | None = typer.Option(None, "--stage", help="one stage (or `eval`); default: every stage"),
+    run_id: str | None = typer.Option(None, "--run-id", help="default: NAME-TIME-RANDOM"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the exact task, launch nothing"),
+    detach: bool = typer.Option(False, "--detach", help="return once SkyPilot has accepted the job"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    out: Path = typer.Option(Path("outputs/bundles"), "--out", help="where the bundle is written"),
+) -> None:
+    """Pre-flight, freeze a bundle and launch it as a managed job on the cheapest GPUs that fit.
+
+    The spec and its data are validated before anything else, so bad data never reaches a cloud. Exit 0
+    submitted (prints the job id, run id and store), 2 refused (bad input, no cloud access, over budget),
+    75 retryable (the store, the network or SkyPilot's API server unreachable).
+    """
+    import yaml
+
+    from jobs import cost, launch, preflight
+    from mac.freeze import freeze
+    from trainer.bundle import bundle_key, push_bundle
+    from trainer.run import new_run_id
+    from trainer.spec import check_name
+
+    if run_id:
+        try:
+            check_name(run_id, "--run-id")
+        except ValueError as e:  # check_name's own error: plain ValueError, shared with the trainer
+            raise BadInput(str(e)) from None
+    report, spec, spec_dir, bundle = _launch_target(target, overrides or [], dry_run)
+    _refuse_unless_ready(report, dry_run)
+    if stage and stage != "eval":
+        try:
+            spec.stage(stage)
+        except KeyError as e:
+            raise BadInput(str(e.args[0])) from None
+    if bundle is None:  # the one freeze, from the validation the pre-flight already ran
+        bundle = freeze(target, overrides or (), out=out, report=report.job).bundle
+    store = spec.store.uri
+    bundle_uri = (store.rstrip("/") + "/" + bundle_key(bundle) if store.startswith("s3://")
+                  else str(Path(store).resolve() / bundle_key(bundle)))
+    run_id = run_id or new_run_id(spec.name)
+    offers = report.offers
+    _print_plan(spec, spec_dir, offers)
     cfg = launch.build_task_config(spec, bundle_uri, run_id, offers, stage)
-    cfg.setdefault("envs", {}).update(cost.trainer_envs(offers[: launch.MAX_CANDIDATES], budget))
+    cfg.setdefault("envs", {}).update(cost.trainer_envs(offers[: launch.MAX_CANDIDATES], spec.resources.max_cost_usd))
     try:
         launch.to_task(cfg)  # SkyPilot's own validation, also on --dry-run
     except Exception as e:  # noqa: BLE001 - SkyPilot's schema errors: one line, bad input
-        fail(f"SkyPilot refused the task: {launch.sky_reason(e)}", 2)
+        raise BadInput(f"SkyPilot refused the task: {launch.sky_reason(e)}") from None
     if dry_run:
         print(yaml.safe_dump(cfg, sort_keys=False, width=200))
         return
     plan = preflight.plan_line(offers[0]) if offers else "SkyPilot's choice among the YAML's candidates"
     _confirm(yes, f"managed job {cfg['name']} ({plan})")
-    try:
-        console.print(f"bundle → {push_bundle(bundle, spec.store.uri)}", highlight=False)
-    except StoreUnavailable as e:
-        fail(f"store unavailable (retryable): {e}", 75)
-    except StoreError as e:
-        fail(f"store error: {e}", 2)
+    console.print(f"bundle → {push_bundle(bundle, store)}", highlight=False)
     console.print(f"launching managed job {cfg['name']} (run id {run_id})", highlight=False)
-    try:
-        job_id = launch.launch(cfg, detach=detach)
-    except launch.LaunchError as e:
-        fail(e.reason, 75 if e.retryable else 2)
-        return
-    run_url = f"{spec.store.uri.rstrip('/')}/runs/{run_id}"
+    job_id = launch.launch(cfg, detach=detach)
     console.print(f"managed job id: [bold]{job_id}[/]", highlight=False)
     console.print(f"run id:         [bold]{run_id}[/]", highlight=False)
-    console.print(f"store:          {escape(run_url)}", highlight=False)
-    console.print(f"follow:         ft logs {run_id} · ft status · ft fetch {run_id} --store {spec.store.uri} · "
+    console.print(f"store:          {escape(store.rstrip('/') + '/runs/' + run_id)}", highlight=False)
+    console.print(f"follow:         ft logs {run_id} · ft status · ft fetch {run_id} --store {store} · "
                   f"ft cancel {run_id}", highlight=False, markup=False)
-
-
-def _launch_error(e) -> None:
-    fail(e.reason, 75 if e.retryable else 2)
 
 
 def status_command(all_users: bool = typer.Option(False, "--all-users"),
                    as_json: bool = typer.Option(False, "--json", help="the rows as JSON")) -> None:
-    """Managed jobs started by `ft launch` (and any other) with their state. Exit 0 (also with no
-    jobs), 2 when SkyPilot refuses, 75 when its API server cannot be reached."""
+    """Managed jobs started by `ft launch` (and any other) with their state.
+
+    Exit 0 (also with no jobs), 2 when SkyPilot refuses, 75 when its API server cannot be reached.
+    """
     from jobs import launch
 
-    try:
-        rows = launch.status(all_users)
-    except launch.LaunchError as e:
-        _launch_error(e)
-        return
+    rows = launch.status(all_users)
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
@@ -379,44 +372,40 @@ def status_command(all_users: bool = typer.Option(False, "--all-users"),
 
 def logs_command(run: str = typer.Argument(..., help="run id"),
                  follow: bool = typer.Option(True, "--follow/--no-follow")) -> None:
-    """Stream a run's managed-job log. Exit 0 streamed, 1 the job failed, 2 no such job, 75 SkyPilot
-    unreachable."""
+    """Stream a run's managed-job log.
+
+    Exit 0 streamed, 1 the job failed, 2 no such job, 75 SkyPilot unreachable.
+    """
     from jobs import launch
 
-    try:
-        code = launch.logs(run, follow)
-    except launch.LaunchError as e:
-        _launch_error(e)
-        return
+    code = launch.logs(run, follow)
     if code:
-        fail(f"managed job {launch.job_name(run)} ended with SkyPilot exit code {code}", 1)
+        fail(f"managed job {launch.job_name(run)} ended with SkyPilot exit code {code}", EXIT_FAILED)
 
 
 def cancel_command(run: str = typer.Argument(..., help="run id")) -> None:
     """Cancel a run's managed job (checkpoints already in the store stay)."""
     from jobs import launch
 
-    try:
-        launch.cancel(run)
-    except launch.LaunchError as e:
-        _launch_error(e)
+    launch.cancel(run)
     console.print(f"cancelled {launch.job_name(run)}")
 
 
 def fetch_command(
-    run: str = typer.Argument(..., help="run id, s3://…/runs/<id> or <store>/runs/<id>"),
-    to: Path = typer.Option(Path("outputs/runs"), "--to", help="download into TO/<run id>"),
+    run: str = typer.Argument(..., help="run id, s3://…/runs/ID or STORE/runs/ID"),
+    out: Path = typer.Option(Path("outputs/runs"), "--out", help="download into OUT/RUN_ID"),
     store: str | None = store_option(),
     checkpoints: bool = typer.Option(False, "--checkpoints", help="also the intermediate checkpoints"),
 ) -> None:
-    """Pull a run's artifacts (final adapters/weights, metrics, eval, report) back from the store."""
+    """Pull a run's artifacts (final adapters or weights, metrics, eval, report) back from the store."""
     from jobs import launch
 
     try:
-        dest = launch.fetch(run, resolve_store(store), to, checkpoints)
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e), 2 if isinstance(e, ValueError) else 1)
-        return
+        dest = launch.fetch(run, resolve_store(store), out, checkpoints)
+    except FileNotFoundError as e:  # nothing under that run: the look-up ran and found nothing
+        fail(str(e), EXIT_FAILED)
+    except ValueError as e:  # a run id or a listed key that would leave OUT
+        raise BadInput(str(e)) from None
     console.print(f"fetched → {dest}", highlight=False)
 
 

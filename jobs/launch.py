@@ -22,13 +22,14 @@ import yaml
 
 from jobs import accelerate_config, images_ref
 from jobs.pricing import NO_MULTI_NODE, Offer
+from trainer import settings
+from trainer.errors import EXIT_BAD_INPUT, EXIT_RETRYABLE, FtError
 from trainer.spec import JobSpec
 
 JOBS_DIR = Path(__file__).parent
 REPO_ROOT = JOBS_DIR.parent
 SKY_CONFIG = REPO_ROOT / "sky" / "config.yaml"
 MAX_CANDIDATES = 8  # SkyPilot tries them in order; more only slows the optimizer
-SECRETS = ("HF_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 ACCEL_DIR_ON_NODE = "/tmp/ft-accelerate"
 
 
@@ -131,20 +132,25 @@ def to_task(cfg: dict[str, Any], secrets: dict[str, str] | None = None):
 
 
 def local_secrets() -> dict[str, str]:
-    """The secrets the YAMLs declare, taken from this environment (`.env` already loaded)."""
-    return {k: os.environ[k] for k in SECRETS if os.environ.get(k)}
+    """The secrets the YAMLs declare (trainer.settings.SECRET_NAMES), taken from this environment (`.env`
+    already loaded)."""
+    return settings.secrets_present()
 
 
 def _use_project_config() -> None:
     os.environ.setdefault("SKYPILOT_PROJECT_CONFIG", str(SKY_CONFIG))
 
 
-class LaunchError(RuntimeError):
-    """SkyPilot refused or failed a request; `reason` is its one-line cause (`NoCloudAccessError: …`)."""
+class LaunchError(FtError):
+    """SkyPilot refused or failed a request; `reason` is its one-line cause (`NoCloudAccessError: …`).
+    Exit 2 (bad input: no cloud access, an invalid task, no such job) or 75 when `retryable` (its API
+    server or the network unreachable)."""
 
     def __init__(self, reason: str, retryable: bool = False):
         super().__init__(reason)
         self.reason, self.retryable = reason, retryable
+        self.exit_code = EXIT_RETRYABLE if retryable else EXIT_BAD_INPUT
+        self.label = "retryable" if retryable else "error"
 
 
 # SkyPilot failures a retry may fix (its API server, the network); everything else is the input's
@@ -253,14 +259,15 @@ def cancel(run_id: str) -> None:
 def fetch(run: str, store_uri: str, to: Path, checkpoints: bool = False) -> Path:
     """Download `runs/<id>/` (every stage's final output, metrics, eval, report) into `to/<id>`;
     intermediate checkpoints only when asked (they are the bulk and only matter for resuming)."""
-    from trainer.run_refs import parse_run_ref
+    from trainer.errors import BadInput
+    from trainer.run import Run
 
-    ref = parse_run_ref(run, store_uri)
+    ref = Run.from_ref(run, store_uri)
     store = ref.store
-    objects = [(rel, size) for rel, size in store.list(ref.prefix)
+    objects = [(rel, size) for rel, size in store.list(ref.root)
                if checkpoints or "/checkpoints/" not in f"/{rel}"]
     if not objects:
-        raise FileNotFoundError(f"nothing at {store.url(ref.prefix)}")
+        raise BadInput(f"nothing at {store.url(ref.root)}")
     from trainer.bundle import BundleError, safe_rel
     from trainer.spec import check_name
 
@@ -270,8 +277,8 @@ def fetch(run: str, store_uri: str, to: Path, checkpoints: bool = False) -> Path
         try:  # a listed key with `..` or a leading `/` would write outside `to`
             target = (dest / safe_rel(rel)).resolve()
         except BundleError as e:
-            raise ValueError(f"{store.url(ref.prefix)}: {e}") from None
+            raise BadInput(f"{store.url(ref.root)}: {e}") from None
         if not target.is_relative_to(root):
-            raise ValueError(f"{store.url(ref.prefix)}: refusing {rel!r}: it would leave {dest}")
-        store.download_file(f"{ref.prefix}/{rel}", target)
+            raise BadInput(f"{store.url(ref.root)}: refusing {rel!r}: it would leave {dest}")
+        store.download_file(f"{ref.root}/{rel}", target)
     return dest

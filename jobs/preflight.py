@@ -10,14 +10,17 @@ SkyPilot is imported only for the enabled-clouds cache, and only when asked.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from jobs import gpu_fit, pricing
-from jobs.console import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, classify
+from trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, describe
 from trainer.spec import JobSpec, store_uri_problem
+
+if TYPE_CHECKING:
+    from mac.validate_job import JobReport
 
 Status = Literal["ok", "warn", "fail"]
 PROBE_PREFIX = "_ft_preflight"
@@ -38,6 +41,7 @@ class Check:
 class Preflight:
     checks: list[Check] = field(default_factory=list)
     spec: JobSpec | None = None
+    job: JobReport | None = None  # the validation of spec and data, when it ran: `ft launch` freezes from it
     offers: list[pricing.Offer] = field(default_factory=list)
     enabled: set[str] | None = None
 
@@ -110,7 +114,7 @@ def check_store_writable(uri: str) -> tuple[Status, str, int]:
         if store.exists(key):
             return "fail", f"{uri}: the probe object {key} could not be removed", EXIT_BAD_INPUT
     except Exception as e:  # noqa: BLE001 - classified: store errors, network, credentials
-        found = classify(e)
+        found = describe(e)
         if found is None:
             return "fail", f"{uri}: {type(e).__name__}: {e}", EXIT_BAD_INPUT
         return "fail", found[1], found[0]
@@ -120,14 +124,17 @@ def check_store_writable(uri: str) -> tuple[Status, str, int]:
 # ------------------------------------------------------------------------------------- run it
 def run_preflight(config: Path | None, spec: JobSpec | None = None, spec_dir: Path | None = None,
                   cloud: bool = True, validate_data: bool = True,
-                  enabled_clouds: Callable[[], set[str] | None] | None = None) -> Preflight:
+                  enabled_clouds: Callable[[], set[str] | None] | None = None,
+                  overrides: Sequence[str] = ()) -> Preflight:
     """Every check, in order; stops after the spec when the spec itself is unusable.
-    `cloud=False` skips what talks to the outside (the store probe and the enabled clouds)."""
+    `cloud=False` skips what talks to the outside (the store probe and the enabled clouds);
+    `overrides` (`KEY=VALUE`) apply to the spec read from `config`."""
     report = Preflight()
     if config is not None and validate_data:
         from mac.validate_job import validate_job
 
-        job = validate_job(config)
+        job = validate_job(config, overrides=overrides)
+        report.job = job
         if job.spec is None:
             report.add("spec", "fail", "; ".join(str(f) for f in job.spec_findings) or "invalid spec", EXIT_BAD_INPUT)
             return report
@@ -145,7 +152,7 @@ def run_preflight(config: Path | None, spec: JobSpec | None = None, spec_dir: Pa
         from trainer.spec import SpecError, load_spec
 
         try:
-            spec, spec_dir = load_spec(config), config.resolve().parent
+            spec, spec_dir = load_spec(config, overrides), config.resolve().parent
         except SpecError as e:
             report.add("spec", "fail", str(e).replace("\n ", ""), EXIT_BAD_INPUT)
             return report

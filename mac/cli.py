@@ -1,9 +1,13 @@
-"""Workstation commands: `ft data prepare`, `ft validate`, `ft bundle` (and `ft bundle verify`)."""
+"""Workstation commands: `ft init`, `ft data prepare`, `ft validate`, `ft bundle create|verify`.
+
+Errors are raised (trainer.errors: BadInput exits 2, FtError 1) and printed, masked, by `ft`'s one error
+boundary (jobs.cli); a finished check that says no prints its findings and exits 1.
+"""
 
 from __future__ import annotations
 
 import json
-import os
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 
@@ -14,11 +18,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from trainer.errors import EXIT_FAILED, BadInput, FtError, Retryable
+
 console = Console()
 err = Console(stderr=True)
 
-EXIT_INVALID = 1  # the data or spec has errors
-EXIT_USAGE = 2
+OVERRIDES_HELP = ("KEY=VALUE overrides of spec fields, e.g. stages.0.max_steps=3 finetune.lora.r=16 "
+                  "(dotted paths, list indices as numbers, values read as YAML)")
 
 
 class Task(str, Enum):
@@ -33,32 +39,57 @@ class DataKind(str, Enum):
     test = "test"
 
 
-def _die(message: str, code: int = EXIT_INVALID) -> None:
-    err.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def overrides_argument():
+    """The `[KEY=VALUE]...` after CONFIG of every command that reads a spec."""
+    return typer.Argument(None, metavar="KEY=VALUE", help=OVERRIDES_HELP, show_default=False)
+
+
+def spec_file(config: Path) -> Path:
+    if not config.is_file():
+        raise BadInput(f"{config}: file not found")
+    return config
+
+
+def init(
+    task: Task = typer.Argument(..., metavar="TASK",
+                                help="math (GSM8K: SFT, DPO, GRPO) or translation (Korean to English SFT)"),
+    out: Path = typer.Option(None, "--out", help="the spec to write (default: configs/TASK.yaml)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
+) -> None:
+    """Write a commented starter job spec for one of the two use cases.
+
+    Its data paths point at what `ft data prepare TASK` writes; edit the model, the store and the stages,
+    then `ft validate` it.
+    """
+    from mac.starter import write_starter
+
+    path = write_starter(task.value, out or Path("configs") / f"{task.value}.yaml", force=force)
+    console.print(f"[green]wrote[/] {escape(str(path))}; next: ft data prepare {task.value} · "
+                  f"ft validate {escape(str(path))}", highlight=False)
 
 
 def data_prepare(
     task: Task = typer.Argument(..., help="math (GSM8K → SFT, DPO pairs, GRPO prompts) or translation (ko→en)"),
     source: str = typer.Option("hub", help="`hub` (Hugging Face datasets) or a local folder"),
     full: bool = typer.Option(False, "--full", help="everything, not the prototyping subset"),
-    out: Path = typer.Option(None, help="output folder (default data/processed/math or data/processed/korean_english)"),
+    out: Path = typer.Option(None, "--out",
+                             help="output folder (default data/processed/math or data/processed/korean_english)"),
     limit: int = typer.Option(None, help="cap the training rows"),
     test_limit: int = typer.Option(None, help="cap the test rows"),
     seed: int = typer.Option(42, help="seed of the deterministic splits"),
 ) -> None:
     """Prepare training data: ChatML SFT rows, DPO pairs, GRPO prompts and a held-out test set."""
-    from mac.data_prep import DataSourceError, prepare_math, prepare_translation
+    from mac.data_prep import prepare_math, prepare_translation
 
     out = out or Path("data/processed") / ("math" if task == Task.math else "korean_english")
     prepare = prepare_math if task == Task.math else prepare_translation
     try:
         with console.status(f"preparing {task.value} data from {source} …"):
             result = prepare(source, out, full=full, limit=limit, test_limit=test_limit, seed=seed)
-    except (DataSourceError, FileNotFoundError) as e:
-        _die(str(e))
+    except FileNotFoundError as e:
+        raise BadInput(str(e)) from None
     except ConnectionError as e:
-        _die(f"cannot reach the Hugging Face Hub ({e}); pass --source FOLDER for local files")
+        raise Retryable(f"cannot reach the Hugging Face Hub ({e}); pass --source FOLDER for local files") from e
     table = Table(title=f"{task.value} data → {out}")
     table.add_column("file")
     table.add_column("rows", justify="right")
@@ -104,7 +135,9 @@ def _print_prototype_map(spec) -> None:
 
 
 def validate(
-    config: Path = typer.Argument(None, help="job spec YAML; checks the spec and every data file it names"),
+    config: Path = typer.Argument(None, metavar="CONFIG",
+                                  help="job spec YAML; checks the spec and every data file it names"),
+    overrides: list[str] | None = overrides_argument(),
     data: Path = typer.Option(None, "--data", help="check one data file alone"),
     kind: DataKind = typer.Option(None, "--kind", help="kind of --data file"),
     task: Task = typer.Option(Task.math, "--task", help="task of --data (math answers must be parseable)"),
@@ -114,15 +147,20 @@ def validate(
     strict: bool = typer.Option(False, "--strict", help="warnings fail too"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable report on stdout"),
 ) -> None:
-    """Check a job spec and its data, or one data file. Exit 0 clean, 1 on errors, 2 on usage errors."""
+    """Check a job spec and every data file it names, or one data file.
+
+    The spec's schema, then each file: UTF-8 and JSON on every line, the rows' schema, token lengths with the
+    job's tokenizer, exact duplicates and train/test overlap. Exit 0 clean, 1 on errors (warnings too with
+    --strict), 2 on usage errors.
+    """
     from mac.validate_job import JobReport, validate_data, validate_job
 
     if (config is None) == (data is None):
-        _die("give either CONFIG or --data FILE --kind KIND", EXIT_USAGE)
+        raise BadInput("give either CONFIG or --data FILE --kind KIND")
     if data is not None and kind is None:
-        _die("--data needs --kind sft|dpo|grpo|test", EXIT_USAGE)
-    if config is not None and not config.is_file():
-        _die(f"{config}: file not found", EXIT_USAGE)
+        raise BadInput("--data needs --kind sft|dpo|grpo|test")
+    if data is not None and overrides:
+        raise BadInput("KEY=VALUE overrides apply to a CONFIG, not to --data")
     progress = Progress(TextColumn("validating"), BarColumn(), TextColumn("{task.completed} rows"),
                         TimeElapsedColumn(), console=err, transient=True, disable=as_json)
     with progress:
@@ -132,7 +170,7 @@ def validate(
             progress.advance(task_id, n)
 
         if config is not None:
-            report = validate_job(config, on_progress=advance)
+            report = validate_job(spec_file(config), on_progress=advance, overrides=overrides or ())
         else:
             file_report = validate_data(data, kind.value, task.value, tokenizer, max_length, test_file, advance)
             report = JobReport(spec_file="", files=[file_report])
@@ -146,69 +184,75 @@ def validate(
         verdict = "[red]FAILED[/]" if failed else "[green]OK[/]"
         console.print(f"{verdict}: {report.errors} errors, {report.warnings} warnings")
     if failed:
-        raise typer.Exit(EXIT_INVALID)
+        raise typer.Exit(EXIT_FAILED)
 
 
-def bundle(
-    target: str = typer.Argument(..., help="job spec YAML, or the word `verify`"),
-    path: str = typer.Argument(None, help="with `verify`: a bundle folder or store URI"),
-    out: Path = typer.Option(Path("outputs/bundles"), help="where bundles are written"),
-    push: str = typer.Option(None, help="also upload to this store (s3://bucket/prefix or a folder)"),
-    prototype_dir: Path = typer.Option(None, help="prototype results (default outputs/mlx/<name>)"),
+def bundle_create(
+    config: Path = typer.Argument(..., metavar="CONFIG", help="job spec YAML"),
+    overrides: list[str] | None = overrides_argument(),
+    out: Path = typer.Option(Path("outputs/bundles"), "--out", help="where bundles are written"),
+    push: str = typer.Option(None, "--push", help="also upload to this store (s3://bucket/prefix or a folder)"),
+    prototype_dir: Path = typer.Option(None, "--prototype-dir",
+                                       help="prototype results (default: $FT_MLX_OUTPUTS/NAME, else outputs/mlx/NAME)"),
     as_json: bool = typer.Option(False, "--json", help='print {"bundle_id": ..., "path": ...}'),
 ) -> None:
-    """Freeze a job bundle (validates first), or `ft bundle verify PATH_OR_URI`."""
-    from trainer.bundle import BundleError, fetch_bundle, push_bundle, write_bundle
+    """Freeze a job bundle: validate, include the prototype's adapter when present, write, optionally push.
 
-    if target == "verify":
-        if not path:
-            _die("usage: ft bundle verify PATH_OR_URI", EXIT_USAGE)
-        try:
-            b = fetch_bundle(path, progress=not as_json, use_cache=False)  # the remote objects, not a warm copy
-        except (BundleError, FileNotFoundError) as e:
-            _die(str(e))
-        if as_json:
-            print(json.dumps({"bundle_id": b.bundle_id, "path": str(b.path), "verified": True}))
-        else:
-            console.print(Text.assemble(("verified", "green"), f" {len(b.manifest['files'])} files, bundle "
-                                        f"{b.bundle_id[:12]} at {b.path}"))
-        return
-    from mac.validate_job import validate_job
+    The bundle holds the spec with every default and override filled in, the data files, the prototype's
+    PEFT adapter and metrics, and a manifest of every file's sha256; its id hashes the contents, so the same
+    inputs give the same id anywhere. Exit 0 written, 1 validation errors (nothing written), 2 bad input.
+    """
+    from mac.freeze import FreezeRefused, freeze
 
-    config = Path(target)
-    if not config.is_file():
-        _die(f"{config}: file not found", EXIT_USAGE)
-    with console.status("validating …") if not as_json else _null():
-        report = validate_job(config)
-    if report.errors:
+    spec_file(config)
+    try:
+        with nullcontext() if as_json else console.status("validating …"):
+            frozen = freeze(config, overrides or (), out=out, push=push, prototype_dir=prototype_dir,
+                            progress=not as_json)
+    except FreezeRefused as e:
         if not as_json:
-            _print_reports(report.files, report.spec_findings)
-        _die(f"{config}: {report.errors} validation errors; no bundle written")
-    spec = report.spec
-    proto = prototype_dir or Path(os.environ.get("FT_MLX_OUTPUTS", "outputs/mlx")) / spec.name
-    b = write_bundle(spec, config.parent, out, prototype_dir=proto)
-    uri = push_bundle(b, push, progress=not as_json) if push else None
+            _print_reports(e.report.files, e.report.spec_findings)
+        raise
+    b = frozen.bundle
     if as_json:
-        print(json.dumps({"bundle_id": b.bundle_id, "path": str(b.path), **({"uri": uri} if uri else {})}))
+        print(json.dumps({"bundle_id": b.bundle_id, "path": str(b.path),
+                          **({"uri": frozen.uri} if frozen.uri else {})}))
+        return
+    console.print(f"[green]bundle[/] {b.bundle_id[:12]} → {escape(str(b.path))}")
+    if b.prototype_adapter:
+        console.print(f"  includes the prototype adapter (PEFT) from {escape(str(frozen.prototype_dir))}")
+    if frozen.uri:
+        console.print(f"  pushed → {escape(frozen.uri)}")
+
+
+def bundle_verify(
+    target: str = typer.Argument(..., metavar="PATH_OR_URI", help="a bundle folder or its store URI"),
+    as_json: bool = typer.Option(False, "--json", help='print {"bundle_id": ..., "verified": true}'),
+) -> None:
+    """Recompute every hash of a bundle (a remote one from the store's objects, not a cached copy).
+
+    Names each changed, missing or extra file. Exit 0 verified, 1 it does not verify.
+    """
+    from trainer.bundle import BundleError, fetch_bundle
+
+    try:
+        b = fetch_bundle(target, progress=not as_json, use_cache=False)
+    except (BundleError, FileNotFoundError) as e:  # the check ran and says no: exit 1, as `ft validate`
+        raise FtError(str(e)) from None
+    if as_json:
+        print(json.dumps({"bundle_id": b.bundle_id, "path": str(b.path), "verified": True}))
     else:
-        console.print(f"[green]bundle[/] {b.bundle_id[:12]} → {escape(str(b.path))}")
-        if b.prototype_adapter:
-            console.print(f"  includes the prototype adapter (PEFT) from {escape(str(proto))}")
-        if uri:
-            console.print(f"  pushed → {escape(uri)}")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        console.print(Text.assemble(("verified", "green"), f" {len(b.manifest['files'])} files, bundle "
+                                    f"{b.bundle_id[:12]} at {b.path}"))
 
 
 def register(app: typer.Typer) -> None:
+    app.command("init")(init)
     data_app = typer.Typer(help="Data preparation.", no_args_is_help=True)
     data_app.command("prepare")(data_prepare)
     app.add_typer(data_app, name="data")
     app.command("validate")(validate)
-    app.command("bundle")(bundle)
+    bundle_app = typer.Typer(help="Job bundles: freeze one, verify one.", no_args_is_help=True)
+    bundle_app.command("create")(bundle_create)
+    bundle_app.command("verify")(bundle_verify)
+    app.add_typer(bundle_app, name="bundle")

@@ -15,14 +15,14 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from trainer.errors import BadInput
-from trainer.textio import read_lines
+from trainer.textio import RowError, iter_jsonl, read_lines
 
 MATH_SYSTEM = (
     "You are a careful math tutor. Solve the problem step by step, then give the final answer "
@@ -75,16 +75,6 @@ def _write_files(out: Path, files: dict[str, Iterable[dict]]) -> dict[str, int]:
     """Write each named JSONL file under `out`; returns the row count of each."""
     out.mkdir(parents=True, exist_ok=True)
     return {name: _write_jsonl(out / name, rows) for name, rows in files.items()}
-
-
-def _read_jsonl(path: Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataSourceError(f"{path}:{i}: not valid JSON ({e.msg})") from None
 
 
 def _dedupe(rows: list[dict], key_of, exclude: set[str]) -> tuple[list[dict], int, int]:
@@ -142,10 +132,13 @@ def _gsm8k_rows(source: str, split: str, full: bool) -> list[dict]:
     if not path.exists():
         raise DataSourceError(f"{path}: not found (a local math source is a folder with train.jsonl and test.jsonl "
                               "in GSM8K format)")
-    rows = list(_read_jsonl(path))
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict) or "question" not in r or "answer" not in r:
-            raise DataSourceError(f"{path}:{i}: expected GSM8K keys 'question' and 'answer'")
+    rows = []
+    for number, row in iter_jsonl(path):
+        if isinstance(row, RowError):
+            raise DataSourceError(str(row))
+        if not isinstance(row, dict) or "question" not in row or "answer" not in row:
+            raise DataSourceError(f"{path}:{number}: expected GSM8K keys 'question' and 'answer'")
+        rows.append(row)
     return rows
 
 

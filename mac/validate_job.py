@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mac.validate import ROLE_OF_KIND, FileReport, Finding, Kind, test_prompt_digests, validate_file
+from trainer.overrides import OverrideError
 from trainer.spec import JobSpec, SpecError, load_spec
 
 
@@ -74,11 +75,14 @@ def _max_length_for(spec: JobSpec, kind: Kind) -> int | None:
     return min(lengths) if lengths else None
 
 
-def validate_job(spec_path: Path, check_tokens: bool = True,
-                 on_progress: Callable[[int], None] | None = None) -> JobReport:
+def validate_job(spec_path: Path, check_tokens: bool = True, on_progress: Callable[[int], None] | None = None,
+                 overrides: Sequence[str] = ()) -> JobReport:
+    """The spec (with `KEY=VALUE` overrides applied, see trainer.overrides), then every data file it names."""
     report = JobReport(str(spec_path))
     try:
-        spec = load_spec(spec_path)
+        spec = load_spec(spec_path, overrides)
+    except OverrideError:  # the command line is wrong, not the spec: a usage error for the caller
+        raise
     except SpecError as e:
         report.spec_findings = [Finding(e.source, None, "error", f"{loc}: {msg}" if loc else msg)
                                 for loc, msg in e.problems]

@@ -63,7 +63,7 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
 def demo_data() -> Path:
     """configs/demo.yaml names data/processed/demo (git-ignored): prepare it as `ft demo` does, so tests
     that read the demo spec pass in a fresh clone."""
-    from jobs.run_cli import DEMO_DATA, prepare_demo_data
+    from mac.data_prep import DEMO_DATA, prepare_demo_data
 
     prepare_demo_data(REPO)
     return REPO / DEMO_DATA

@@ -59,7 +59,7 @@ def exit_code_of(error: BaseException) -> int | None:
 
 
 # ------------------------------------------------------------------------------ describing errors
-# What every entry point (the `ft` CLI, the trainer's node entry) prints for an error: one masked line
+# What every entry point (the `ft` CLI, the trainer's node entry) prints for an error: one masked message
 # and an exit code. Foreign errors are recognised by class name along the cause chain, so this module
 # imports neither the Hub, the network libraries nor rich: it stays importable everywhere.
 _HUB_BAD_INPUT = ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "EntryNotFoundError",
@@ -68,11 +68,6 @@ _HUB_BAD_INPUT = ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFound
 _HUB_HTTP = ("HfHubHTTPError", "HTTPError", "BadRequestError")
 _NETWORK = ("ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ConnectError", "TimeoutException",
             "NetworkError", "RemoteProtocolError", "ApiServerConnectionError", "ServerTemporarilyUnavailableError")
-# Errors of our own modules that predate FtError: (class name anywhere in the MRO, exit code, label).
-# A class rebased on BadInput/Retryable is found by the FtError rule first and can leave this table.
-_LEGACY = (("StoreUnavailable", EXIT_RETRYABLE, "store unavailable (retryable)"),
-           ("StoreError", EXIT_BAD_INPUT, "store error"),
-           ("ModelSizeError", EXIT_BAD_INPUT, ""))
 MAX_MESSAGE_LINES = 40
 
 
@@ -108,18 +103,10 @@ def cause_chain(error: BaseException) -> list[BaseException]:
     return out
 
 
-def _is(error: BaseException, class_name: str) -> bool:
-    return any(c.__name__ == class_name for c in type(error).__mro__)
-
-
 def _ours(chain: list[BaseException]) -> tuple[int, str] | None:
     for e in chain:
-        if isinstance(e, FtError):
-            return e.exit_code, message_of(e)
-    for e in chain:
-        for name, code, label in _LEGACY:
-            if _is(e, name):
-                return code, f"{label}: {message_of(e)}" if label else message_of(e)
+        if isinstance(e, FtError):  # a label other than "error" says what kind: "retryable: …"
+            return e.exit_code, message_of(e) if e.label == "error" else f"{e.label}: {message_of(e)}"
     return None
 
 
@@ -159,9 +146,9 @@ def _hub(chain: list[BaseException]) -> tuple[int, str] | None:
 
 
 def describe(error: BaseException) -> tuple[int, str] | None:
-    """(exit code, message) for an error a person can act on: ours (FtError and the older store and
-    model-size errors), the Hub's, the network's; None for anything else, i.e. a bug, which keeps its
-    traceback. The message is not masked yet: `mask_secrets` it where it is printed."""
+    """(exit code, message) for an error a person can act on: ours (every FtError), the Hub's, the
+    network's; None for anything else, i.e. a bug, which keeps its traceback. The message is not masked
+    yet: `mask_secrets` it where it is printed."""
     chain = cause_chain(error)
     for rule in (_ours, _hub_offline, _network, _hub):
         found = rule(chain)

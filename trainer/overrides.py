@@ -27,24 +27,29 @@ Path = tuple[str | int, ...]
 _PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 
 
+class OverrideError(SpecError):
+    """A command-line override that names no field or does not parse: a usage error (exit 2), raised before
+    the spec is checked, unlike a value the spec model refuses, which is a finding like any other."""
+
+
 class _Refused(Exception):
-    """One override that cannot apply: why, in words (wrapped into a SpecError naming the override)."""
+    """One override that cannot apply: why, in words (wrapped into an OverrideError naming the override)."""
 
 
 def parse_override(text: str, source: str = "<override>") -> tuple[Path, Any]:
     """`a.b.0.c=VALUE` → (("a", "b", 0, "c"), VALUE parsed as the spec's YAML)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
-        raise SpecError(source, [(f"override {text!r}", "expected KEY=VALUE, e.g. stages.0.max_steps=3")])
+        raise OverrideError(source, [(f"override {text!r}", "expected KEY=VALUE, e.g. stages.0.max_steps=3")])
     parts = key.split(".")
     bad = [p for p in parts if not _PART.fullmatch(p)]
     if bad:
-        raise SpecError(source, [(f"override {text!r}", f"{key!r} is not a dotted path of field names and list "
+        raise OverrideError(source, [(f"override {text!r}", f"{key!r} is not a dotted path of field names and list "
                                   "indices (e.g. finetune.lora.r or stages.0.learning_rate)")])
     try:
         value = load_yaml(raw, "value") if raw.strip() else None
     except SpecError as e:
-        raise SpecError(source, [(f"override {text!r}", f"value: {e.problems[0][1]}")]) from None
+        raise OverrideError(source, [(f"override {text!r}", f"value: {e.problems[0][1]}")]) from None
     return tuple(int(p) if p.isdigit() else p for p in parts), value
 
 
@@ -160,6 +165,6 @@ def apply_overrides(data: Any, overrides: Sequence[str], source: str) -> tuple[A
         try:
             apply_path(data, path, value)
         except _Refused as e:
-            raise SpecError(source, [(f"override {text}", str(e))]) from None
+            raise OverrideError(source, [(f"override {text}", str(e))]) from None
         origins[path] = f"override {text}"
     return data, origins
