@@ -17,41 +17,22 @@ from typing import Any
 
 import yaml
 
-from trainer.run_refs import RunRef, last_done_stage, stage_final_key
+from trainer.generation import VLLM_LORA_RANKS
+from trainer.publish import hub_base_model
+from trainer.run import Run
 
 SERVE_YAML = Path(__file__).resolve().parents[1] / "sky" / "serve.yaml"
 # vLLM's --dtype choices.
 VLLM_DTYPES = {"auto": "auto", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
-VLLM_MAX_LORA_RANK = 512
-# The built-in demo model as the Hub knows it (vLLM in the cloud pulls it from there).
-BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-class ServeConfigError(ValueError):
-    """The service cannot be launched as configured; `problems` lists every reason."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("cannot serve:\n  " + "\n  ".join(problems))
-
-
-def _hub_base(base: str) -> str:
-    from trainer.spec import BUILTIN_MODEL
-
-    return BUILTIN_HUB_ID if base == BUILTIN_MODEL else base
-
-
-def service_envs(
-    info: dict[str, Any], store_url: str, stage: str | None = None, merged_uri: str | None = None
-) -> dict[str, str]:
+def service_envs(run: Run, stage: str | None = None, merged_uri: str | None = None) -> dict[str, str]:
     """The serve.yaml envs for a run: `merged_uri` when given (from `ft merge --out s3://…`), else
     the base model from the Hub plus the stage's adapter from the store (full fine-tunes: the
-    stage folder is the model). `store_url` is the run's store root (`s3://bucket/prefix`)."""
-    spec = info["spec"]
-    stage = stage or last_done_stage(info)
-    entry = info["stages"][stage]
-    final_key = entry.get("final") or f"runs/{info['run_id']}/{stage}/final"
-    final_url = f"{store_url.rstrip('/')}/{final_key}"
+    stage folder is the model)."""
+    spec = run.info["spec"]
+    stage = stage or run.last_done_stage()
+    final_url = f"{run.store_uri.rstrip('/')}/{run.info['stages'][stage].get('final') or run.final(stage)}"
     stages = spec.get("stages", [])
     max_len = max((int(s.get("max_length", 0)) for s in stages), default=0) or 4096
     envs = {
@@ -66,7 +47,8 @@ def service_envs(
     elif spec.get("finetune", {}).get("method") == "full":
         envs["MODEL_URI"] = final_url
     else:
-        envs["MODEL_URI"] = _hub_base(spec["model"]["base"])
+        # vLLM in the cloud pulls the base from the Hub (the built-in demo model by its Hub id)
+        envs["MODEL_URI"] = hub_base_model(spec["model"]["base"]) or spec["model"]["base"]
         envs["ADAPTER_URI"] = final_url
     return envs
 
@@ -89,8 +71,8 @@ def check_envs(envs: dict[str, str], lora_rank: int | None = None, trust_remote_
                             "(run with an s3:// store, or `ft merge RUN --out s3://…` and pass --merged)")
     if not envs.get("MODEL_URI"):
         problems.append("MODEL_URI is empty")
-    if envs.get("ADAPTER_URI") and lora_rank is not None and lora_rank > VLLM_MAX_LORA_RANK:
-        problems.append(f"LoRA rank {lora_rank} exceeds vLLM's max_lora_rank limit {VLLM_MAX_LORA_RANK}; "
+    if envs.get("ADAPTER_URI") and lora_rank is not None and lora_rank > VLLM_LORA_RANKS[-1]:
+        problems.append(f"LoRA rank {lora_rank} exceeds vLLM's max_lora_rank limit {VLLM_LORA_RANKS[-1]}; "
                         "merge the adapter and serve the merged model")
     if trust_remote_code:
         problems.append("model.trust_remote_code is set; add --trust-remote-code to VLLM_EXTRA_ARGS knowingly")
@@ -133,9 +115,9 @@ def default_image() -> str | None:
         return None
 
 
-def lora_rank_of(run: RunRef, info: dict[str, Any], stage: str) -> int | None:
+def lora_rank_of(run: Run, stage: str) -> int | None:
     try:
-        key = stage_final_key(run, info, stage)
+        key = run.final_key(stage)
         return int(json.loads(run.store.read_text(f"{key}/adapter_config.json"))["r"])
     except (FileNotFoundError, KeyError, ValueError):
         return None

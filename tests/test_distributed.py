@@ -77,7 +77,7 @@ def test_trainer_sees_one_main_process_under_accelerate_launch(tmp_path):
     ranks write run.json and upload checkpoints at once; the trainer asks for the CPU backend."""
     script = tmp_path / "probe.py"
     # each rank writes its own file: two processes printing to one pipe interleave their lines
-    script.write_text("import pathlib, sys\nfrom trainer.run import _state\ns = _state()\n"
+    script.write_text("import pathlib, sys\nfrom trainer.pipeline import _state\ns = _state()\n"
                       "pathlib.Path(sys.argv[1], f'rank{s.process_index}').write_text("
                       "f'{s.distributed_type} {s.process_index} {s.num_processes} {s.is_main_process}')\n")
     accelerate = Path(sys.executable).with_name("accelerate")

@@ -11,7 +11,9 @@ import pytest
 from eval_fixtures import gsm8k_test_rows, make_run, make_tiny_model, write_jsonl
 
 from trainer import evaluate
-from trainer.run_refs import RunRef, parse_run_ref
+from trainer.errors import BadInput
+from trainer.generation import generate_transformers
+from trainer.run import Run
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +24,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     return base, store, run_id
 
 
-def test_parse_run_ref() -> None:
-    assert parse_run_ref("s3://b/p/runs/abc") == RunRef("s3://b/p", "abc")
-    assert parse_run_ref("/data/store/runs/abc/") == RunRef("/data/store", "abc")
-    assert parse_run_ref("abc", "s3://b/x") == RunRef("s3://b/x", "abc")
-    with pytest.raises(ValueError):
-        parse_run_ref("some/folder")
+def test_run_from_ref() -> None:
+    assert Run.from_ref("s3://b/p/runs/abc") == Run("s3://b/p", "abc")
+    assert Run.from_ref("/data/store/runs/abc/") == Run("/data/store", "abc")
+    assert Run.from_ref("abc", "s3://b/x") == Run("s3://b/x", "abc")
+    for bad in ("some/folder", "s3://b/runs/", "s3://b/runs/a/b"):
+        with pytest.raises(BadInput):
+            Run.from_ref(bad)
 
 
 def test_load_test_rows_accepts_bundle_and_raw_gsm8k(tmp_path: Path) -> None:
@@ -47,25 +50,47 @@ def test_evaluate_model_predictions_are_the_models_greedy_output(run: tuple[Path
     # Unbatched, one prompt at a time: left padding in the batch must not change the answers.
     model, tok = load_model_for_inference(str(base)), load_tokenizer(str(base))
     for item, row in zip(result["items"], rows, strict=False):
-        assert item["prediction"] == evaluate.generate_transformers(model, tok, [row["messages"]], 6, batch_size=1)[0]
+        assert item["prediction"] == generate_transformers(model, tok, [row["messages"]], 6, batch_size=1)[0]
         assert item["gold"] == row["answer"].rsplit("####", 1)[1].strip()
 
 
-def test_evaluate_stage_stores_results_and_comparison(run: tuple[Path, Path, str]) -> None:
+def test_evaluate_run_stores_results_and_comparison(run: tuple[Path, Path, str]) -> None:
     _, store, run_id = run
-    base_result = evaluate.evaluate_stage(str(store), run_id, "base", limit=3, max_new_tokens=4)
-    sft_result = evaluate.evaluate_stage(str(store), run_id, "sft", limit=3, max_new_tokens=4)
+    results: dict[str, dict] = {}
+    table = evaluate.evaluate_run(Run(str(store), run_id), ["base", "sft"], max_new_tokens=4,
+                                  on_result=results.__setitem__)
     eval_dir = store / "runs" / run_id / "eval"
     stored = json.loads((eval_dir / "sft.json").read_text())
-    assert stored["stage"] == "sft" and stored["n"] == 3 and stored["adapter"].endswith("sft/final")
+    # the spec's evaluation.limit (4) when no --limit is given
+    assert stored["stage"] == "sft" and stored["n"] == 4 and stored["adapter"].endswith("sft/final")
     # The adapter changes the model, so its greedy outputs differ from the base model's.
-    assert [i["prediction"] for i in base_result["items"]] != [i["prediction"] for i in sft_result["items"]]
-    table = json.loads((eval_dir / "comparison.json").read_text())
+    assert [i["prediction"] for i in results["base"]["items"]] != [i["prediction"] for i in results["sft"]["items"]]
+    assert table == json.loads((eval_dir / "comparison.json").read_text())
     assert [r["stage"] for r in table["rows"]] == ["base", "sft"]
     assert table["metric"] == "accuracy"
     md = (eval_dir / "comparison.md").read_text()
     assert md.splitlines()[0] == "| Stage | GSM8K accuracy | n | source |"
     assert "| sft | " in md
+
+
+def test_a_cut_evaluation_is_stored_apart_and_never_replaces_the_full_one(run: tuple[Path, Path, str]) -> None:
+    _, store, run_id = run
+    full = Run(str(store), run_id)
+    evaluate.evaluate_run(full, ["sft"], max_new_tokens=4)
+    before = (store / "runs" / run_id / "eval" / "sft.json").read_bytes()
+    table = evaluate.evaluate_run(Run(str(store), run_id), ["sft"], limit=2, max_new_tokens=4)
+    cut = json.loads((store / "runs" / run_id / "eval" / "n2" / "sft.json").read_text())
+    assert cut["n"] == 2 and cut["stage"] == "sft"
+    assert (store / "runs" / run_id / "eval" / "sft.json").read_bytes() == before
+    assert {r["stage"]: r["n"] for r in table["rows"]}["sft"] == 4
+
+
+def test_evaluate_run_errors_name_the_stage(run: tuple[Path, Path, str]) -> None:
+    _, store, run_id = run
+    with pytest.raises(BadInput, match=r"no stage 'ppo' \(stages: sft, grpo\)"):
+        evaluate.evaluate_run(Run(str(store), run_id), ["ppo"])
+    with pytest.raises(BadInput, match="no run at"):
+        evaluate.evaluate_run(Run(str(store), "nope"))
 
 
 def test_comparison_markdown_translation() -> None:
@@ -79,7 +104,7 @@ def test_lm_eval_local_gsm8k_task_offline(run: tuple[Path, Path, str], monkeypat
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, store, run_id = run
-    result = evaluate.lm_eval_stage(str(store), run_id, "sft", ["gsm8k_local"], limit=2)
+    result = evaluate.lm_eval_stage(Run(str(store), run_id), "sft", ["gsm8k_local"], limit=2)
     metrics = result["results"]["gsm8k_local"]
     assert "exact_match,strict-match" in metrics and "exact_match,flexible-extract" in metrics
     assert result["n-samples"]["gsm8k_local"]["effective"] == 2
@@ -87,7 +112,8 @@ def test_lm_eval_local_gsm8k_task_offline(run: tuple[Path, Path, str], monkeypat
 
 
 def test_chat_loop_streams_the_greedy_reply(run: tuple[Path, Path, str]) -> None:
-    from trainer.chat import chat_loop, stream_transformers
+    from trainer.chat import chat_loop
+    from trainer.generation import stream_transformers
     from trainer.models import load_model_for_inference, load_tokenizer
 
     base, store, run_id = run
@@ -99,6 +125,6 @@ def test_chat_loop_streams_the_greedy_reply(run: tuple[Path, Path, str]) -> None
     history = chat_loop(lambda m: stream_transformers(model, tok, m, 8), lambda: next(inputs), written.append,
                         system="Be brief.")
     assert [m["role"] for m in history] == ["system", "user", "assistant"]
-    expected = evaluate.generate_transformers(model, tok, [history[:2]], 8, batch_size=1)[0]
+    expected = generate_transformers(model, tok, [history[:2]], 8, batch_size=1)[0]
     assert history[2]["content"] == expected
     assert len([w for w in written if w.strip()]) >= 2, "the reply arrives in pieces, not at once"

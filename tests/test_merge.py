@@ -11,7 +11,7 @@ import torch
 from eval_fixtures import make_adapter, make_run, make_tiny_model
 
 from trainer.merge import merge_adapter, merge_run
-from trainer.run_refs import RunRef
+from trainer.run import Run
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_merged_logits_equal_adapter_logits(tiny: tuple[Path, Path], tmp_path: P
 def test_merge_run_stage_from_store(tiny: tuple[Path, Path], tmp_path: Path) -> None:
     base, adapter = tiny
     store, run_id = make_run(tmp_path, base, stages=("sft",), adapters={"sft": adapter})
-    out = merge_run(RunRef(str(store), run_id), None, str(tmp_path / "served"))
+    out = merge_run(Run(str(store), run_id), None, str(tmp_path / "served"))
     info = json.loads((Path(out) / "merge_info.json").read_text())
     assert info["stage"] == "sft" and info["run_id"] == run_id
     assert (Path(out) / "_COMPLETE").exists()
@@ -61,6 +61,6 @@ def test_merge_run_stage_from_store(tiny: tuple[Path, Path], tmp_path: Path) -> 
     from trainer.store import open_store
 
     target = tmp_path / "bucket"
-    merge_run(RunRef(str(store), run_id), "sft", f"file://{target}/merged/{run_id}")
+    merge_run(Run(str(store), run_id), "sft", f"file://{target}/merged/{run_id}")
     assert (target / "merged" / run_id / "model.safetensors").exists()
     assert open_store(str(target)).is_complete(f"merged/{run_id}")

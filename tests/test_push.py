@@ -12,7 +12,8 @@ from eval_fixtures import make_run, make_tiny_model
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from trainer.evaluate import evaluate_stage
+from trainer.evaluate import evaluate_run
+from trainer.run import Run
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     root = tmp_path_factory.mktemp("push")
     base = make_tiny_model(root / "base")
     store, run_id = make_run(root, base, stages=("sft", "dpo"))
-    evaluate_stage(str(store), run_id, "sft", limit=2, max_new_tokens=4)
+    evaluate_run(Run(str(store), run_id), ["sft"], max_new_tokens=4)
     return base, store, run_id
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from eval_fixtures import make_run, make_tiny_model
 
-from trainer.evaluate import evaluate_stage
-from trainer.report import REPORT_KEY, write_report
-from trainer.run_refs import RunRef
+from trainer.evaluate import evaluate_run
+from trainer.report import write_report
+from trainer.run import Run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -32,10 +32,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, Path]:
     root = tmp_path_factory.mktemp("report")
     base = make_tiny_model(root / "base")
     store, run_id = make_run(root, base)
-    evaluate_stage(str(store), run_id, "base", limit=2, max_new_tokens=4)
-    evaluate_stage(str(store), run_id, "grpo", limit=2, max_new_tokens=4)
-    write_report(RunRef(str(store), run_id))
-    return store, run_id, store / "runs" / run_id / REPORT_KEY
+    evaluate_run(Run(str(store), run_id), ["base", "grpo"], max_new_tokens=4)
+    write_report(Run(str(store), run_id))
+    return store, run_id, store / Run(str(store), run_id).report
 
 
 def _chromium(*args: str) -> subprocess.CompletedProcess[str]:

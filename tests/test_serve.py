@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from jobs import serve
 from jobs.cli import app
+from trainer.generation import VLLM_LORA_RANKS, vllm_lora_rank
+from trainer.run import Run
 from trainer.spec import parse_spec
 
 SPEC = parse_spec({
@@ -33,7 +35,7 @@ INFO = {"run_id": "r1", "spec": SPEC,
 
 
 def test_envs_from_spec_adapter_on_base() -> None:
-    envs = serve.service_envs(INFO, "s3://bucket/ft")
+    envs = serve.service_envs(Run.with_record("s3://bucket/ft", INFO))
     assert envs == {"MAX_MODEL_LEN": "3072", "DTYPE": "bfloat16", "SERVED_MODEL_NAME": "math-gsm8k-grpo",
                     "ADAPTER_NAME": "math-gsm8k-grpo", "MODEL_URI": "Qwen/Qwen2.5-Math-7B-Instruct",
                     "ADAPTER_URI": "s3://bucket/ft/runs/r1/grpo/final"}
@@ -45,16 +47,19 @@ def test_envs_from_spec_adapter_on_base() -> None:
 
 
 def test_envs_merged_and_full() -> None:
-    merged = serve.service_envs(INFO, "s3://bucket/ft", "sft", merged_uri="s3://bucket/ft/merged/r1")
+    run = Run.with_record("s3://bucket/ft", INFO)
+    merged = serve.service_envs(run, "sft", merged_uri="s3://bucket/ft/merged/r1")
     assert merged["MODEL_URI"] == "s3://bucket/ft/merged/r1" and merged["ADAPTER_URI"] == ""
-    full = serve.service_envs({**INFO, "spec": {**SPEC, "finetune": {"method": "full"}}}, "s3://b", "sft")
+    full_info = {**INFO, "spec": {**SPEC, "finetune": {"method": "full"}}}
+    full = serve.service_envs(Run.with_record("s3://b", full_info), "sft")
     assert full["MODEL_URI"] == "s3://b/runs/r1/sft/final" and full["ADAPTER_URI"] == ""
-    builtin = serve.service_envs({**INFO, "spec": {**SPEC, "model": {"base": "builtin:smollm2-135m"}}}, "s3://b")
+    builtin_info = {**INFO, "spec": {**SPEC, "model": {"base": "builtin:smollm2-135m"}}}
+    builtin = serve.service_envs(Run.with_record("s3://b", builtin_info))
     assert builtin["MODEL_URI"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and builtin["DTYPE"] == "auto"
 
 
 def test_check_envs_catches_problems(tmp_path: Path) -> None:
-    envs = serve.service_envs(INFO, str(tmp_path / "store"))
+    envs = serve.service_envs(Run.with_record(str(tmp_path / "store"), INFO))
     problems = serve.check_envs({**envs, "DTYPE": "fp8", "MAX_MODEL_LEN": "0"}, lora_rank=1024,
                                 trust_remote_code=True)
     text = "\n".join(problems)
@@ -65,7 +70,8 @@ def test_check_envs_catches_problems(tmp_path: Path) -> None:
 def test_serve_yaml_is_a_valid_skyserve_task() -> None:
     import sky
 
-    config = serve.service_config(serve.service_envs(INFO, "s3://bucket/ft"), image="ft-vllm:0123456789abcdef")
+    envs = serve.service_envs(Run.with_record("s3://bucket/ft", INFO))
+    config = serve.service_config(envs, image="ft-vllm:0123456789abcdef")
     task = sky.Task.from_yaml_config(config)
     assert task.service is not None
     assert task.service.readiness_path == "/v1/models"
@@ -86,15 +92,15 @@ def test_ft_serve_dry_run_prints_checked_yaml(tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "runs" / "r1").mkdir(parents=True)
     (store / "runs" / "r1" / "run.json").write_text(json.dumps(INFO))
-    out = CliRunner().invoke(app, ["serve", "r1", "--store", str(store), "--dry-run", "--image", "ft-vllm:t"])
+    out = CliRunner().invoke(app, ["serve", "up", "r1", "--store", str(store), "--dry-run", "--image", "ft-vllm:t"])
     assert out.exit_code == 0, out.output
     config = yaml.safe_load(out.output.split("# vLLM:")[0])
     assert config["envs"]["MAX_MODEL_LEN"] == "3072"
     assert config["resources"]["image_id"] == "docker:ft-vllm:t"
     # A local store cannot be reached from a cloud replica: flagged, and a real launch refuses.
     assert "local path" in out.output
-    refused = CliRunner().invoke(app, ["serve", "r1", "--store", str(store), "--image", "ft-vllm:t"])
-    assert refused.exit_code == 1 and "local path" in refused.output
+    refused = CliRunner().invoke(app, ["serve", "up", "r1", "--store", str(store), "--image", "ft-vllm:t"])
+    assert refused.exit_code == 2 and "local path" in refused.output
 
 
 class _StandIn(BaseHTTPRequestHandler):
@@ -153,4 +159,16 @@ def test_serve_check_against_stand_in(stand_in: str) -> None:
 
 def test_serve_check_unreachable() -> None:
     out = CliRunner().invoke(app, ["serve", "check", "http://127.0.0.1:9"])
-    assert out.exit_code == 1 and "endpoint check failed" in out.output
+    assert out.exit_code == 75 and "endpoint check failed" in out.output
+
+
+def test_every_lora_rank_rounds_up_to_the_smallest_rank_vllm_accepts() -> None:
+    from trainer.errors import BadInput
+
+    assert VLLM_LORA_RANKS[0] == 1  # a rank-1 adapter is served as rank 1, not padded to 8
+    for r in range(1, VLLM_LORA_RANKS[-1] + 1):
+        rank = vllm_lora_rank(r)
+        assert rank in VLLM_LORA_RANKS and rank >= r
+        assert all(allowed < r for allowed in VLLM_LORA_RANKS if allowed < rank)
+    with pytest.raises(BadInput, match="max_lora_rank"):
+        vllm_lora_rank(VLLM_LORA_RANKS[-1] + 1)

@@ -1,4 +1,4 @@
-"""Run the trainer's entry point (`trainer.run.main`, what `python -m trainer` calls) in a process of
+"""Run the trainer's entry point (`trainer.pipeline.main`, what `python -m trainer` calls) in a process of
 its own, forked from a server that imported torch, transformers, TRL and the trainer once.
 
 The kill tests start ~30 trainer processes; a fresh interpreter spends ~15 s of each importing
@@ -14,7 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
-PRELOAD = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "trainer.run", "trainer.callbacks",
+PRELOAD = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "trainer.pipeline", "trainer.callbacks",
            "trainer.resume", "trainer.recipes.sft", "trainer.recipes.dpo", "trainer.recipes.grpo"]
 _context = None
 
@@ -35,7 +35,7 @@ def _child(argv: list[str], environ: dict[str, str], log: str) -> None:
     os.dup2(fd, 2)
     os.environ.clear()
     os.environ.update(environ)
-    from trainer.run import main
+    from trainer.pipeline import main
 
     code = main(argv)
     sys.stdout.flush()
@@ -45,7 +45,7 @@ def _child(argv: list[str], environ: dict[str, str], log: str) -> None:
 
 def run_main(argv: list[str], environ: dict[str, str], log: Path, timeout: float = 900
              ) -> subprocess.CompletedProcess:
-    """`trainer.run.main(argv)` in a forked process; returncode is its exit status (-N for signal N),
+    """`trainer.pipeline.main(argv)` in a forked process; returncode is its exit status (-N for signal N),
     stderr what it printed (stdout and stderr together)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     process = _forkserver().Process(target=_child, args=(argv, environ, str(log)))

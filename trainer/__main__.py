@@ -2,6 +2,6 @@
 
 import sys
 
-from trainer.run import main
+from trainer.pipeline import main
 
 sys.exit(main())

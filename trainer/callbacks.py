@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from trainer import faults
 from trainer.preemption import PreemptionGuard
-from trainer.runs import RunLayout
+from trainer.run import Run
 from trainer.store import MARKER
 
 # TRL's log keys → ours (the report and the eval read these names)
@@ -25,9 +25,9 @@ RENAMES = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", 
 
 
 class StoreCheckpointCallback(TrainerCallback):
-    def __init__(self, layout: RunLayout, stage: str, output_dir: Path, keep: int, metrics_file: Path,
+    def __init__(self, run: Run, stage: str, output_dir: Path, keep: int, metrics_file: Path,
                  after_upload=None):
-        self.layout, self.stage, self.output_dir, self.keep = layout, stage, Path(output_dir), keep
+        self.run, self.stage, self.output_dir, self.keep = run, stage, Path(output_dir), keep
         self.metrics_file = metrics_file
         self.after_upload = after_upload  # e.g. move the bill's clock in run.json
 
@@ -37,8 +37,8 @@ class StoreCheckpointCallback(TrainerCallback):
         local = self.output_dir / f"checkpoint-{state.global_step}"
         if local.is_dir():
             if self.metrics_file.exists():  # metrics first: a resumed run continues the same file
-                self.layout.store.upload_file(self.metrics_file, self.layout.metrics(self.stage))
-            self.layout.store.upload_dir(local, self.layout.checkpoint(self.stage, state.global_step), progress=False,
+                self.run.store.upload_file(self.metrics_file, self.run.metrics(self.stage))
+            self.run.store.upload_dir(local, self.run.checkpoint(self.stage, state.global_step), progress=False,
                                          on_file=self._mid_upload_fault(local))
             if faults.active("kill-after-checkpoint") is not None:
                 faults.kill9()
@@ -62,11 +62,11 @@ class StoreCheckpointCallback(TrainerCallback):
         return on_file
 
     def _prune(self) -> None:
-        steps = self.layout.complete_checkpoints(self.stage)
+        steps = self.run.complete_checkpoints(self.stage)
         for step in steps[: max(0, len(steps) - self.keep)]:
             # Drop the marker first so a half-deleted checkpoint never looks complete.
-            self.layout.store.delete(f"{self.layout.checkpoint(self.stage, step)}/{MARKER}")
-            self.layout.store.delete(self.layout.checkpoint(self.stage, step))
+            self.run.store.delete(f"{self.run.checkpoint(self.stage, step)}/{MARKER}")
+            self.run.store.delete(self.run.checkpoint(self.stage, step))
 
 
 class MetricsCallback(TrainerCallback):

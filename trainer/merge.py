@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainer.run_refs import RunRef, is_adapter, last_done_stage, load_run, run_spec, stage_model_dir
+from trainer.run import Run, is_adapter
 from trainer.store import MARKER, open_store
 
 MERGE_INFO = "merge_info.json"
@@ -46,13 +46,12 @@ def merge_adapter(base: str, adapter_dir: Path, out_dir: Path, dtype: str = "aut
     return out_dir
 
 
-def merge_run(run: RunRef, stage: str | None, out: str) -> str:
+def merge_run(run: Run, stage: str | None, out: str) -> str:
     """Merge a run's stage (default: its last finished stage) into `out`, a local folder or a store
     URI (`s3://…`; uploaded with the completion marker last). Returns where it went."""
-    info = load_run(run)
-    spec = run_spec(info)
-    stage = stage or last_done_stage(info)
-    adapter = stage_model_dir(run, info, stage)
+    spec = run.spec
+    stage = stage or run.last_done_stage()
+    adapter = run.model_dir(stage)
     # The store keeps training in the spec's dtype; on the CPU `auto` is fp32 anyway.
     dtype = spec.model.dtype
     if "://" in out:  # a store URI (s3://, or file:// for a store folder): upload, marker last
@@ -68,7 +67,7 @@ def merge_run(run: RunRef, stage: str | None, out: str) -> str:
     return str(folder)
 
 
-def _stamp(folder: Path, run: RunRef, stage: str) -> None:
+def _stamp(folder: Path, run: Run, stage: str) -> None:
     info = json.loads((folder / MERGE_INFO).read_text())
     info.update({"run_id": run.run_id, "stage": stage, "store": run.store_uri})
     (folder / MERGE_INFO).write_text(json.dumps(info, indent=2))

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from trainer.run_refs import RunRef, is_adapter, last_done_stage, load_run, stage_model_dir, stage_names
+from trainer.run import Run, is_adapter
 from trainer.spec import BUILTIN_MODEL
 
 BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -27,11 +27,12 @@ def hub_base_model(base: str) -> str | None:
     return None if base.startswith(("/", ".", "~")) or Path(base).exists() else base
 
 
-def model_card(info: dict[str, Any], stage: str, kind: str, license_id: str,
+def model_card(run: Run, stage: str, kind: str, license_id: str,
                comparison: dict[str, Any] | None, repo_id: str) -> str:
     """README.md with Hub metadata (base model, licence, library, tags) and what produced the model."""
     from trainer.evaluate import comparison_markdown
 
+    info = run.info
     spec = info["spec"]
     base = spec["model"]["base"]
     hub_base = hub_base_model(base)
@@ -49,7 +50,7 @@ def model_card(info: dict[str, Any], stage: str, kind: str, license_id: str,
     if spec["data"].get("source"):
         meta["datasets"] = [spec["data"]["source"]]
     rows = []
-    for name in stage_names(info):
+    for name in run.stage_names():
         s = next((x for x in spec["stages"] if x.get("name") == name), {})
         e = info["stages"].get(name, {})
         rows.append(f"| {name} | {s.get('method', e.get('method'))} | {s.get('learning_rate', '–')} | "
@@ -110,13 +111,21 @@ def model_card(info: dict[str, Any], stage: str, kind: str, license_id: str,
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + "\n".join(body)
 
 
-def prepare_hub_folder(run: RunRef, stage: str | None, out_dir: Path, repo_id: str, merged: bool = False,
+def _point_at_hub_base(config_file: Path, base: str) -> None:
+    """PEFT wrote the path the trainer loaded the base from (a cache folder on some machine); on the Hub
+    the adapter must name the base by Hub id, or nothing when the base is a private local folder."""
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = hub_base_model(base)
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def prepare_hub_folder(run: Run, stage: str | None, out_dir: Path, repo_id: str, merged: bool = False,
                        license_id: str = "apache-2.0") -> Path:
     """The folder to upload: adapter files (or the merged model), the tokenizer, README.md (card),
     the resolved spec and the evaluation across stages."""
-    info = load_run(run)
-    stage = stage or last_done_stage(info)
-    source = stage_model_dir(run, info, stage)
+    info = run.info
+    stage = stage or run.last_done_stage()
+    source = run.model_dir(stage)
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -126,15 +135,16 @@ def prepare_hub_folder(run: RunRef, stage: str | None, out_dir: Path, repo_id: s
         merge_adapter(info["spec"]["model"]["base"], source, out_dir, dtype=info["spec"]["model"]["dtype"])
         kind = "merged"
     else:
-        shutil.copytree(source, out_dir, ignore=lambda _d, names: [n for n in names if n in SKIP])
+        shutil.copytree(source, out_dir, ignore=lambda _d, names: [n for n in names if n in SKIP or n == "ref"])
         kind = "adapter" if is_adapter(source) else "full"
-    comparison = None
-    if run.store.exists(f"{run.prefix}/eval/comparison.json"):
-        comparison = json.loads(run.store.read_text(f"{run.prefix}/eval/comparison.json"))
+        if kind == "adapter":
+            _point_at_hub_base(out_dir / "adapter_config.json", info["spec"]["model"]["base"])
+    comparison = run.read_json(run.comparison())
+    if comparison is not None:
         (out_dir / "eval_comparison.json").write_text(json.dumps(comparison, indent=2))
     (out_dir / "ft_spec.yaml").write_text(yaml.safe_dump(info["spec"], sort_keys=False, allow_unicode=True))
     (out_dir / "README.md").write_text(
-        model_card(info, stage, kind, license_id, comparison, repo_id), encoding="utf-8"
+        model_card(run, stage, kind, license_id, comparison, repo_id), encoding="utf-8"
     )
     return out_dir
 

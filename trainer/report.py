@@ -11,10 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.run_refs import RunRef, load_run, read_jsonl, stage_names
+from trainer.run import Run
 from trainer.textio import read_lines
-
-REPORT_KEY = "report/report.html"
 
 
 @dataclass
@@ -32,37 +30,34 @@ class ReportData:
     token_lengths: dict[str, list[int]] = field(default_factory=dict)
     token_unit: str = "tokens"
     max_length: int | None = None
+    stage_order: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------- gathering
-def gather(run: RunRef) -> ReportData:
-    info = load_run(run)
-    data = ReportData(info=info)
-    for stage in stage_names(info):
-        rows = [r for r in read_jsonl(run.store, f"{run.prefix}/{stage}/metrics.jsonl") if not r.get("final")]
+def gather(run: Run) -> ReportData:
+    data = ReportData(info=run.info, stage_order=run.stage_names())
+    for stage in data.stage_order:
+        rows = [r for r in run.read_jsonl(run.metrics(stage)) if not r.get("final")]
         if rows:
             data.metrics[stage] = rows
-    if run.store.exists(f"{run.prefix}/eval/comparison.json"):
-        data.comparison = json.loads(run.store.read_text(f"{run.prefix}/eval/comparison.json"))
-    else:
+    data.comparison = run.read_json(run.comparison())
+    if data.comparison is None:
         try:
             from trainer.evaluate import comparison
 
-            table = comparison(run.store_uri, run.run_id)
+            table = comparison(run)
             data.comparison = table if table["rows"] else None
         except (OSError, ValueError, KeyError):
             data.comparison = None
-    _token_lengths(data)
+    _token_lengths(data, run)
     return data
 
 
-def _token_lengths(data: ReportData) -> None:
+def _token_lengths(data: ReportData, run: Run) -> None:
     """Lengths of the validation examples as the model sees them (chat template applied), so the
     histogram shows how much a `max_length` cut would drop. Falls back to words without a tokenizer."""
     try:
-        from trainer.bundle import fetch_bundle
-
-        bundle = fetch_bundle(data.info["bundle_uri"], progress=False)
+        bundle = run.bundle
     except (OSError, ValueError, KeyError):
         return
     spec = data.info.get("spec", {})
@@ -247,7 +242,7 @@ def render(data: ReportData, figures: list[Figure]) -> str:
         ["bundle", info.get("bundle_id")],
     ])
     stage_rows = []
-    for stage in stage_names(info):
+    for stage in data.stage_order:
         entry = info.get("stages", {}).get(stage, {})
         losses = [r["loss"] for r in data.metrics.get(stage, []) if "loss" in r]
         stage_rows.append([stage, entry.get("method"), entry.get("status"), entry.get("steps"),
@@ -273,14 +268,12 @@ def render(data: ReportData, figures: list[Figure]) -> str:
             f"{html.escape(run_id)}</title><style>{CSS}</style></head><body>\n{body}\n</body></html>\n")
 
 
-def build_report(run: RunRef) -> str:
+def build_report(run: Run) -> str:
     data = gather(run)
     return render(data, plots(data))
 
 
-def write_report(run: RunRef) -> str:
+def write_report(run: Run) -> str:
     """Render and store the report; returns its URL (a local path for a local store)."""
-    page = build_report(run)
-    key = f"{run.prefix}/{REPORT_KEY}"
-    run.store.write_text(key, page)
-    return run.store.url(key)
+    run.store.write_text(run.report, build_report(run))
+    return run.url(run.report)

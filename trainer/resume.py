@@ -18,48 +18,44 @@ from pathlib import Path
 
 from rich.console import Console
 
-from trainer.runs import RunLayout
+from trainer.run import Run
 from trainer.store import IntegrityError
+from trainer.textio import read_jsonl
 
 console = Console(stderr=True)
 
 
-def resume_point(layout: RunLayout, stage: str, output_dir: Path, metrics_file: Path) -> Path | None:
+def resume_point(run: Run, stage: str, output_dir: Path, metrics_file: Path) -> Path | None:
     """The newest complete checkpoint of `stage` whose files match its manifest, downloaded to
     `output_dir/checkpoint-N`; `metrics_file` is cut back to the lines logged up to that step."""
-    for step in reversed(layout.complete_checkpoints(stage)):
+    for step in reversed(run.complete_checkpoints(stage)):
         local = output_dir / f"checkpoint-{step}"
         if not (local / ".fetched").exists():
             shutil.rmtree(local, ignore_errors=True)  # e.g. what the killed process had written locally
             try:
-                layout.store.download_dir(layout.checkpoint(stage, step), local, progress=False,
+                run.store.download_dir(run.checkpoint(stage, step), local, progress=False,
                                           require_manifest=True)
             except (IntegrityError, FileNotFoundError) as e:
                 console.print(f"[yellow]{stage}: checkpoint {step} is corrupt or incomplete ({e}); "
                               "falling back to the one before[/]")
                 continue
             (local / ".fetched").touch()
-        _metrics_up_to(layout, stage, metrics_file, step)
+        _metrics_up_to(run, stage, metrics_file, step)
         return local
     metrics_file.unlink(missing_ok=True)
     return None
 
 
-def _metrics_up_to(layout: RunLayout, stage: str, metrics_file: Path, step: int) -> None:
+def _metrics_up_to(run: Run, stage: str, metrics_file: Path, step: int) -> None:
     """The stored metrics without lines past `step` (they are logged again after resuming)."""
     try:
-        layout.store.download_file(layout.metrics(stage), metrics_file)
+        run.store.download_file(run.metrics(stage), metrics_file)
     except FileNotFoundError:
         metrics_file.unlink(missing_ok=True)
         return
-    kept = []
-    for line in metrics_file.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut off mid-write
-        if row.get("step", 0) <= step and not row.get("final"):
-            kept.append(line)
+    # json.dumps(row) is how MetricsCallback wrote each line, so the kept lines come back unchanged.
+    kept = [json.dumps(row) for row in read_jsonl(metrics_file, tolerate_cut_last_line=True)
+            if row.get("step", 0) <= step and not row.get("final")]
     metrics_file.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 

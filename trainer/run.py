@@ -1,377 +1,277 @@
-"""Run a bundle's stages: pull and verify the bundle, then for each stage resume from the newest
-complete checkpoint in the store (or skip the stage when its final output is complete), train with
-the stage's recipe, and put the final adapter, metrics and TensorBoard logs in the store.
+"""The run: the one owner of where a run's pieces live in the store, of its record (`run.json`), of its
+stages' model folders and of how a run is named on a command line. Everything that writes a run (the
+trainer) and everything that reads one (`ft eval`, `ft merge`, `ft serve`, `ft push`, `ft report`,
+`ft chat`) goes through `Run`.
 
-Exit codes (documented in the README; SkyPilot's `job_recovery.recover_on_exit_codes` names 75):
-    0   success
-    2   bad input: bundle, spec, data or a setting this machine cannot honour; not worth a retry
-    75  retryable infrastructure failure: the store was unreachable, …
+    runs/<run-id>/run.json                          bundle, resolved spec, per-stage status and bill
+    runs/<run-id>/<stage>/checkpoints/<step>/       resumable Trainer checkpoint (_MANIFEST.json, _COMPLETE last)
+    runs/<run-id>/<stage>/final/                    PEFT adapter or full weights + tokenizer (_COMPLETE last)
+    runs/<run-id>/<stage>/metrics.jsonl             one JSON object per logging step
+    runs/<run-id>/<stage>/tensorboard/              TensorBoard event files
+    runs/<run-id>/<stage>/on_policy_pairs/          DPO pairs sampled on-policy (_COMPLETE last)
+    runs/<run-id>/_LEASE                            held by the one trainer writing the run
+    runs/<run-id>/eval/<stage>.json                 a full evaluation of a stage (`base`, `prototype`, trained)
+    runs/<run-id>/eval/n<N>/<stage>.json            an evaluation cut to N items (`--limit`): kept apart
+    runs/<run-id>/eval/lm_eval/<stage>.json         lm-eval harness results
+    runs/<run-id>/eval/comparison.{json,md}         the table across stages
+    runs/<run-id>/report/report.html                the self-contained report
+
+A run is named as `s3://…/runs/<id>`, a local `<store>/runs/<id>` folder, or a bare id in a store.
 """
 
 from __future__ import annotations
 
-import gc
-import importlib
 import json
 import os
-import shutil
+import re
+import secrets
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from trainer.errors import BadInput
+from trainer.settings import DEFAULT_STORE, cache_root
+from trainer.spec import JobSpec, check_name, parse_spec
+from trainer.store import MARKER, LocalStore, Store, open_store
+from trainer.textio import lines
 
-from trainer.bundle import Bundle, fetch_bundle
-from trainer.lease import RunLease
-from trainer.preemption import PreemptionGuard
-from trainer.runs import RunLayout, new_run_id
-from trainer.spec import StageBase
-from trainer.store import open_store
-from trainer.textio import read_lines
+if TYPE_CHECKING:
+    from trainer.bundle import Bundle
 
-EXIT_OK = 0
-EXIT_BAD_INPUT = 2
-EXIT_RETRYABLE = 75
-
-console = Console(stderr=True)
-
-
-def workdir_root() -> Path:
-    return Path(os.environ.get("FT_WORKDIR", "outputs/work"))
+# Pseudo-stages every run can be evaluated at besides its trained stages.
+BASE_STAGE = "base"
+PROTOTYPE_STAGE = "prototype"
+RUN_ID_PATTERN = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _state():
-    """The process's place in an `accelerate launch` group. On a machine without CUDA it must be asked
-    for the CPU backend (gloo): plain PartialState() there reports every rank as the main process."""
-    from accelerate import PartialState
-
-    from trainer.models import has_cuda
-
-    return PartialState(cpu=not has_cuda())
+def new_run_id(name: str) -> str:
+    """`SKYPILOT_TASK_ID` when SkyPilot started us (a recovered job gets the same id), else a fresh one."""
+    task_id = os.environ.get("SKYPILOT_TASK_ID")
+    if task_id:
+        return RUN_ID_PATTERN.sub("-", task_id).strip("-")[:96]
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
-def _fetch_dir(layout: RunLayout, key: str, local: Path) -> Path:
-    """A complete folder from the store, verified against its manifest, downloaded once."""
-    if not (local / ".fetched").exists():
-        layout.store.download_dir(key, local, progress=False)
-        (local / ".fetched").touch()
-    return local
+def is_adapter(folder: Path) -> bool:
+    """A stage's model folder holds a PEFT adapter (else full weights)."""
+    return (Path(folder) / "adapter_config.json").exists()
 
 
-def _init_from(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, work: Path) -> Path | None:
-    if previous is not None:
-        return _fetch_dir(layout, layout.final(previous), work / previous / "final")
-    if getattr(stage, "init_adapter", None) == "prototype":
-        if bundle.prototype_adapter is None:
-            raise ValueError(f"stages: {stage.stage_name} has init_adapter: prototype, but the bundle has no "
-                             "prototype adapter (run `ft prototype` before `ft bundle`)")
-        return bundle.prototype_adapter
-    return None
+@dataclass(frozen=True)
+class Run:
+    store_uri: str
+    run_id: str
 
+    def __post_init__(self) -> None:
+        # the run id becomes a store key and a local folder: one name grammar, no way out of runs/
+        check_name(self.run_id, "run id")
 
-def _stored_rows(layout: RunLayout, stage: str, work: Path, state) -> Callable[[Callable[[], list[dict]]], list[dict]]:
-    """Rows a stage makes for itself (on-policy DPO pairs): made once by the main process, stored
-    marker last, and read back from the store by every rank and by every later attempt, so a resumed
-    or re-run stage trains on exactly the same rows."""
+    # ------------------------------------------------------------------------------ naming
+    @classmethod
+    def in_store(cls, store: Store, run_id: str) -> Run:
+        """A run in an already opened store (the trainer's), sharing its client."""
+        run = cls(store.uri, run_id)
+        run.__dict__["store"] = store
+        return run
 
-    def get(make: Callable[[], list[dict]]) -> list[dict]:
-        key = layout.on_policy_pairs(stage)
-        local = work / stage / "on_policy_pairs"
-        if not layout.store.is_complete(key):
-            if state.is_main_process:
-                rows = make()
-                fresh = work / stage / "on_policy_pairs.new"
-                shutil.rmtree(fresh, ignore_errors=True)
-                fresh.mkdir(parents=True)
-                (fresh / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                                   encoding="utf-8")
-                layout.store.upload_dir(fresh, key, progress=False)
-                shutil.rmtree(fresh, ignore_errors=True)
-            state.wait_for_everyone()
-        else:
-            console.print(f"[bold]{stage}[/]: using the on-policy pairs sampled before ({layout.store.url(key)})")
-        with state.local_main_process_first():
-            _fetch_dir(layout, key, local)
-        return [json.loads(line) for line in read_lines(local / "pairs.jsonl") if line.strip()]
+    @classmethod
+    def with_record(cls, store_uri: str, record: dict[str, Any]) -> Run:
+        """A run whose run.json is already in hand (read before, or built by a test)."""
+        run = cls(store_uri, record["run_id"])
+        run.__dict__["info"] = record
+        return run
 
-    return get
+    @classmethod
+    def from_ref(cls, ref: str, store_uri: str = DEFAULT_STORE) -> Run:
+        """`s3://b/p/runs/ID`, `<store>/runs/ID` (local) or a bare `ID` (in `store_uri`)."""
+        ref = ref.rstrip("/")
+        if ref.startswith("runs/"):
+            ref = "./" + ref
+        if "/runs/" in ref:
+            store, _, run_id = ref.rpartition("/runs/")
+            if not run_id or "/" in run_id:
+                raise BadInput(f"{ref!r}: expected …/runs/<run-id>")
+            return cls(store, run_id)
+        if "/" in ref:
+            raise BadInput(f"{ref!r} is not a run: expected s3://…/runs/<id>, <store>/runs/<id> or a run id")
+        return cls(store_uri, ref)
 
+    @classmethod
+    def find(cls, ref: str, store_uri: str = DEFAULT_STORE) -> Run | None:
+        """The run `ref` names when it has a run.json; None for a model folder, a Hub id or nothing."""
+        try:
+            run = cls.from_ref(ref, store_uri)
+            return run if run.store.exists(run.record_key) else None
+        except (ValueError, OSError):
+            return None
 
-class BudgetReached(Exception):
-    """The run's spend reached resources.max_cost_usd: checkpoint saved, exit 3, not retried."""
+    @cached_property
+    def store(self) -> Store:  # one client per run, not one per call
+        return open_store(self.store_uri)
 
+    # -------------------------------------------------------------------------------- keys
+    @property
+    def root(self) -> str:
+        return f"runs/{self.run_id}"
 
-def _where_and_price(spec) -> tuple:
-    """The instance this node runs on (SkyPilot's environment; None locally), its catalog price (from
-    the launch's FT_PRICES) and the budget."""
-    from trainer import cost
-    from trainer.models import has_cuda
+    @property
+    def record_key(self) -> str:
+        return f"{self.root}/run.json"
 
-    device = None
-    if has_cuda():
-        import torch
+    @property
+    def lease(self) -> str:
+        return f"{self.root}/_LEASE"
 
-        device = torch.cuda.get_device_name(0)
-    instance, price = cost.instance_price(cost.instance_from_env(), cost.prices_from_env(), device)
-    return instance, price, cost.budget_from_env() or spec.resources.max_cost_usd
+    def stage(self, stage: str) -> str:
+        return f"{self.root}/{stage}"
 
+    def checkpoints(self, stage: str) -> str:
+        return f"{self.stage(stage)}/checkpoints"
 
-def run_stage(layout: RunLayout, bundle: Bundle, stage: StageBase, previous: str | None, record: dict,
-              guard: PreemptionGuard) -> int:
-    from trainer import cost
-    from trainer.callbacks import MetricsCallback, PreemptionCallback, StoreCheckpointCallback
-    from trainer.preemption import Preempted
-    from trainer.recipes.common import StageContext
-    from trainer.resume import checkpoint_step, finished, load_finished, make_resume_exact, resume_point
+    def checkpoint(self, stage: str, step: int) -> str:
+        return f"{self.checkpoints(stage)}/{step}"
 
-    state = _state()
-    name = stage.stage_name
-    work = workdir_root() / layout.run_id
-    output_dir = work / name
-    output_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = output_dir / "metrics.jsonl"
-    with state.local_main_process_first():
-        init_from = _init_from(layout, bundle, stage, previous, work)
-        resume = resume_point(layout, name, output_dir, metrics_file)
-    reward_stage = getattr(stage, "reward_model", None)
-    if reward_stage in [s.stage_name for s in bundle.spec.stages]:
-        # `reward_model: <stage>` names a reward stage of this run: GRPO loads its merged model by path
-        with state.local_main_process_first():
-            path = _fetch_dir(layout, layout.final(reward_stage), work / reward_stage / "final")
-        stage = stage.model_copy(update={"reward_model": str(path)})
-    if resume:
-        console.print(f"[bold]{name}[/]: resuming from checkpoint {checkpoint_step(resume)} "
-                      f"({layout.store.url(layout.checkpoint(name, checkpoint_step(resume)))})")
-    # The bill: one attempt per process that runs this stage, its clock moved at every checkpoint.
-    instance, price, budget = _where_and_price(bundle.spec)
-    entry = record["stages"].setdefault(name, {"status": "running", "method": stage.method})
-    cost.open_attempt(entry, instance, price)
+    def final(self, stage: str) -> str:
+        return f"{self.stage(stage)}/final"
 
-    def bill() -> None:
-        if state.is_main_process:
-            cost.touch_attempt(entry)
-            layout.write_run(record)
+    def metrics(self, stage: str) -> str:
+        return f"{self.stage(stage)}/metrics.jsonl"
 
-    bill()
-    preemption = PreemptionCallback(guard, stage.save_every_minutes)
-    callbacks = [MetricsCallback(metrics_file, name), preemption,
-                 StoreCheckpointCallback(layout, name, output_dir, stage.save_total_limit, metrics_file,
-                                         after_upload=bill)]
-    budget_cb = None
-    if price is not None and budget is not None:
-        budget_cb = cost.BudgetCallback(price, budget, nodes=instance.nodes if instance else 1,
-                                        spent_before_usd=cost.run_spend(record))
-        callbacks.append(budget_cb)
-    ctx = StageContext(
-        spec=bundle.spec, stage=stage, bundle=bundle, output_dir=output_dir, init_from=init_from,
-        run_name=f"{layout.run_id}-{name}", callbacks=callbacks,
-        stored_rows=_stored_rows(layout, name, work, state),
-    )
-    if os.environ.get("WANDB_API_KEY"):
-        # The run id comes from SKYPILOT_TASK_ID, so a recovered job continues the same W&B run.
-        os.environ["WANDB_RUN_ID"] = f"{layout.run_id}-{name}"
-        os.environ["WANDB_RESUME"] = "allow"
-        os.environ.setdefault("WANDB_PROJECT", "llm-finetuning")
-    recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
-    started = time.time()
-    trainer = recipe.build(ctx)
-    make_resume_exact(trainer)
-    if resume and finished(resume):
-        # Preempted after the last checkpoint but before the final upload.
-        load_finished(trainer, resume)
-    else:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if budget_cb is not None and budget_cb.stopped_for_budget:
-        entry["status"] = "stopped_budget"
-        bill()
-        raise BudgetReached(cost.budget_message(budget_cb.spend_usd, budget, name, trainer.state.global_step))
-    if guard.requested:
-        bill()
-        raise Preempted(f"{name}: stopped on SIGTERM at step {preemption.stopped_at}, checkpoint in "
-                        f"{layout.store.url(layout.checkpoints(name))}")
-    final = output_dir / "final"
-    if hasattr(recipe, "finalize"):  # e.g. the reward model merges its LoRA into a full model
-        if state.is_main_process:
-            recipe.finalize(trainer, final)
-    else:
-        trainer.save_model(str(final))
-    steps = trainer.state.global_step
-    if state.is_main_process:
-        trainer.processing_class.save_pretrained(str(final))
-        shutil.rmtree(final / "ref", ignore_errors=True)  # TRL's frozen reference copy is not the stage's output
-        layout.store.upload_dir(final, layout.final(name), progress=False)
-        if metrics_file.exists():
-            layout.store.upload_file(metrics_file, layout.metrics(name))
-        tb = output_dir / "runs"
-        if tb.is_dir():
-            layout.store.upload_dir(tb, layout.tensorboard(name), progress=False, mark_complete=False)
-        entry.update(status="done", method=stage.method, final=layout.final(name), steps=steps,
-                     seconds=round(time.time() - started, 1))
-        bill()
-    state.wait_for_everyone()
-    del trainer
-    gc.collect()
-    return steps
+    def tensorboard(self, stage: str) -> str:
+        return f"{self.stage(stage)}/tensorboard"
 
+    def on_policy_pairs(self, stage: str) -> str:
+        """DPO pairs sampled from the incoming model, stored once so a resumed stage trains on the same."""
+        return f"{self.stage(stage)}/on_policy_pairs"
 
-def run_bundle(bundle_uri: str, stage: str | None = None, run_id: str | None = None,
-               store_uri: str | None = None, guard: PreemptionGuard | None = None) -> RunLayout:
-    state = _state()
-    guard = guard or PreemptionGuard()
-    with state.local_main_process_first():
-        bundle = fetch_bundle(bundle_uri, progress=state.is_main_process)
-    spec = bundle.spec
-    store = open_store(store_uri or os.environ.get("FT_STORE") or spec.store.uri)
-    layout = RunLayout(store, run_id or new_run_id(spec.name))
-    names = [s.stage_name for s in spec.stages]
-    if stage is not None and stage not in names:
-        raise ValueError(f"--stage {stage}: no such stage (stages: {', '.join(names)})")
-    lease = RunLease(store, layout.lease, on_lost=_lease_lost) if state.is_main_process else None
-    if lease:
-        lease.acquire()  # one writer per run: a second trainer on this run id waits or exits 75
-    try:
-        _run_stages(layout, bundle, bundle_uri, stage, state, guard)
-    finally:
-        if lease:
-            lease.release()
-    return layout
+    @property
+    def eval_dir(self) -> str:
+        return f"{self.root}/eval"
 
+    def eval_result(self, stage: str, cut_to: int | None = None) -> str:
+        """A stage's evaluation; one cut to fewer items than the spec's lives apart, so it never
+        replaces the full result the comparison, report and model card show."""
+        return f"{self.eval_dir}/n{cut_to}/{stage}.json" if cut_to else f"{self.eval_dir}/{stage}.json"
 
-def _absolute(uri: str) -> str:
-    """A local bundle path as an absolute one, so the run can be found again from any directory."""
-    return uri if "://" in uri else str(Path(uri).resolve())
+    def lm_eval_result(self, stage: str) -> str:
+        return f"{self.eval_dir}/lm_eval/{stage}.json"
 
+    def comparison(self, suffix: str = "json") -> str:
+        return f"{self.eval_dir}/comparison.{suffix}"
 
-def _lease_lost(holder: str) -> None:
-    console.print(f"[red]the run's lease was taken over by {holder} (this trainer stalled past its expiry); "
-                  f"stopping without writing more (exit {EXIT_RETRYABLE})[/]")
-    _write_exit_code(EXIT_RETRYABLE)
-    os._exit(EXIT_RETRYABLE)
+    @property
+    def report(self) -> str:
+        return f"{self.root}/report/report.html"
 
+    def url(self, key: str | None = None) -> str:
+        return self.store.url(key or self.root)
 
-def _run_stages(layout: RunLayout, bundle: Bundle, bundle_uri: str, stage: str | None, state,
-                guard: PreemptionGuard) -> None:
-    spec, store = bundle.spec, layout.store
-    record = layout.read_run()
-    if record and record.get("bundle_id") != bundle.bundle_id:
-        raise ValueError(f"run {layout.run_id} was started from bundle {record.get('bundle_id', '?')[:12]}, "
-                         f"not {bundle.bundle_id[:12]}; use another --run-id")
-    record = record or {"run_id": layout.run_id, "bundle_id": bundle.bundle_id, "bundle_uri": _absolute(bundle_uri),
-                        "spec": spec.resolved(), "stages": {}, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    instance, price, budget = _where_and_price(spec)
-    from trainer import cost
+    # ------------------------------------------------------------------------- the record
+    def read_record(self) -> dict[str, Any]:
+        """run.json as stored now; {} before the trainer wrote it."""
+        try:
+            return json.loads(self.store.read_text(self.record_key))
+        except FileNotFoundError:
+            return {}
 
-    record["cost"] = {**record.get("cost", {}), **cost.cost_record(instance, price, budget)}
-    record["price_per_hour"] = price
-    if state.is_main_process:
-        layout.write_run(record)
-    previous: str | None = None
-    for s in spec.stages:
-        name = s.stage_name
-        selected = stage is None or stage == name
-        if selected and not store.is_complete(layout.final(name)):
-            if previous is not None and not store.is_complete(layout.final(previous)):
-                raise ValueError(f"stage {name} needs {previous}'s output; run that stage first")
-            console.print(f"[bold cyan]▶ {name}[/] ({s.method}) → {store.url(layout.stage(name))}")
-            steps = run_stage(layout, bundle, s, previous, record, guard)
-            console.print(f"[green]✓ {name}[/]: {steps} steps")
-        elif selected:
-            console.print(f"[dim]✓ {name}: already complete in {store.url(layout.final(name))}; skipped[/]")
-        if s.method != "reward":  # a reward model is a side branch; the policy adapter continues past it
-            previous = name
+    def write_record(self, record: dict[str, Any]) -> None:
+        self.store.write_text(self.record_key, json.dumps(record, indent=2) + "\n")
 
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        """run.json of a run that exists (readers); a bad-input error naming the place otherwise."""
+        record = self.read_record()
+        if not record:
+            raise BadInput(f"no run at {self.url()} (no run.json)")
+        return record
 
-def summary(layout: RunLayout) -> dict:
-    record = layout.read_run()
-    return {"run_id": layout.run_id, "store": layout.store.uri,
-            "stages": {k: {"steps": v.get("steps"), "final": layout.store.url(v["final"]),
-                           "cost_usd": v.get("cost_usd")}
-                       for k, v in record.get("stages", {}).items() if v.get("status") == "done"}}
+    @cached_property
+    def spec(self) -> JobSpec:
+        return parse_spec(self.info["spec"], "run.json:spec")
 
+    @cached_property
+    def bundle(self) -> Bundle:
+        """The run's bundle, fetched and verified once per Run however many stages are evaluated."""
+        from trainer.bundle import fetch_bundle
 
-def evaluate_run(bundle_uri: str, run_id: str | None = None, store_uri: str | None = None,
-                 stage: str | None = None, limit: int | None = None) -> RunLayout:
-    """Score the base model and every finished stage on the bundle's test set (and the spec's lm-eval
-    tasks), then store the comparison table and the report with the run."""
-    from trainer.evaluate import evaluate_stage, lm_eval_stage, write_comparison
-    from trainer.report import write_report
-    from trainer.run_refs import RunRef
+        return fetch_bundle(self.info["bundle_uri"], progress=False)
 
-    bundle = fetch_bundle(bundle_uri, progress=False)
-    spec = bundle.spec
-    store = open_store(store_uri or os.environ.get("FT_STORE") or spec.store.uri)
-    layout = RunLayout(store, run_id or new_run_id(spec.name))
-    done = [name for name, info in layout.read_run().get("stages", {}).items()
-            if info.get("status") == "done" and info.get("method") != "reward"]  # a reward model does not generate
-    if not done:
-        raise ValueError(f"run {layout.run_id} has no finished stage in {store.uri}")
-    stages = [stage] if stage else ["base", *done]
-    for name in stages:
-        result = evaluate_stage(store.uri, layout.run_id, name, limit=limit)
-        console.print(f"[bold]{name}[/]: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()
-                                                       if k in ("accuracy", "bleu", "chrf", "ter")))
-        if spec.evaluation.lm_eval_tasks and name != "base":
-            lm_eval_stage(store.uri, layout.run_id, name, spec.evaluation.lm_eval_tasks, limit=limit)
-    write_comparison(store.uri, layout.run_id)
-    write_report(RunRef(store.uri, layout.run_id))
-    return layout
+    def stage_names(self) -> list[str]:
+        """Trained stages in the spec's order, then any others run.json lists."""
+        ordered = [s["name"] for s in self.info.get("spec", {}).get("stages", []) if s.get("name")]
+        return ordered + [s for s in self.info.get("stages", {}) if s not in ordered]
 
+    def done_stages(self, generating: bool = False) -> list[str]:
+        """Finished stages in order; `generating` leaves out reward models (they score, not write)."""
+        stages = self.info.get("stages", {})
+        return [s for s in self.stage_names() if stages.get(s, {}).get("status") == "done"
+                and not (generating and stages[s].get("method") == "reward")]
 
-def _write_exit_code(code: int) -> int:
-    """Under `accelerate launch` every failure becomes exit 1; the job YAMLs read the real code here."""
-    path = os.environ.get("FT_EXIT_CODE_FILE")
-    if path and _state().is_main_process:
-        Path(path).write_text(str(code))
-    return code
+    def last_done_stage(self) -> str:
+        done = self.done_stages()
+        if not done:
+            raise BadInput(f"run {self.run_id} has no finished stage yet")
+        return done[-1]
 
+    def final_key(self, stage: str) -> str:
+        """The store folder of a finished stage's model; bad input for an unknown or unfinished stage."""
+        entry = self.info.get("stages", {}).get(stage)
+        if entry is None:
+            known = ", ".join(self.stage_names()) or "none"
+            raise BadInput(f"run {self.run_id} has no stage {stage!r} (stages: {known})")
+        if entry.get("status") != "done":
+            raise BadInput(f"stage {stage!r} of run {self.run_id} is {entry.get('status')!r}, not done")
+        key = entry.get("final") or self.final(stage)
+        if not self.store.is_complete(key):
+            raise BadInput(f"{self.url(key)} is not complete (no {MARKER} marker)")
+        return key
 
-def main(argv: list[str] | None = None) -> int:
-    import argparse
+    def model_dir(self, stage: str) -> Path:
+        """Local folder of a finished stage's adapter (or full weights)."""
+        return self.fetch_dir(self.final_key(stage))
 
-    from trainer.bundle import BundleError
-    from trainer.lease import LeaseHeld
-    from trainer.models import CapabilityError
-    from trainer.preemption import Preempted
-    from trainer.spec import SpecError
-    from trainer.store import StoreError, StoreUnavailable
+    def complete_checkpoints(self, stage: str) -> list[int]:
+        """Steps of the checkpoints whose completion marker exists, oldest first."""
+        steps = set()
+        for rel, _ in self.store.list(self.checkpoints(stage)):
+            step, _, name = rel.partition("/")
+            if name == MARKER and step.isdigit():
+                steps.add(int(step))
+        return sorted(steps)
 
-    parser = argparse.ArgumentParser(prog="python -m trainer", description="Run a job bundle's training stages.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="pull, verify and run a bundle")
-    evaluate = sub.add_parser("eval", help="evaluate a run's stages on the bundle's test set, then write the report")
-    for p in (run, evaluate):
-        p.add_argument("bundle", help="bundle folder or store URI (s3://…/bundles/<name>-<id>)")
-        p.add_argument("--stage", help="only this stage (run: earlier stages must be complete)")
-        p.add_argument("--run-id", help="default: $SKYPILOT_TASK_ID, else a new id")
-        p.add_argument("--store", help="artifact store URI (default: $FT_STORE, else the spec's store.uri)")
-    evaluate.add_argument("--limit", type=int, help="test items (default: the spec's evaluation.limit)")
-    args = parser.parse_args(argv)
-    from rich.markup import escape
+    # --------------------------------------------------------------------------- reading
+    def fetch_dir(self, key: str, local: Path | None = None) -> Path:
+        """A complete store folder as a local one, verified against its manifest and downloaded once:
+        the folder itself in a local store, else a copy under `local` (default: the cache)."""
+        if local is None:
+            if isinstance(self.store, LocalStore):
+                return self.store.root / key
+            local = cache_root() / "runs" / self.store_uri.replace("://", "/").strip("/") / key
+        done = local / ".fetched"
+        if not done.exists():
+            self.store.download_dir(key, local, progress=False)
+            done.touch()
+        return local
 
-    from trainer.cost import EXIT_BUDGET
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.store.read_text(key))
+        except FileNotFoundError:
+            return None
 
-    # Deliberate classification, first match wins (LeaseHeld is a StoreUnavailable, StoreError a ValueError).
-    outcomes: list[tuple[tuple[type[BaseException], ...], str, int]] = [
-        ((BudgetReached,), "stopped", EXIT_BUDGET),
-        ((Preempted,), "preempted", EXIT_RETRYABLE),
-        ((LeaseHeld,), "another trainer holds this run", EXIT_RETRYABLE),
-        ((StoreUnavailable,), "store unavailable", EXIT_RETRYABLE),
-        ((StoreError,), "store error", EXIT_BAD_INPUT),
-        ((BundleError, SpecError, CapabilityError, ValueError, FileNotFoundError, PermissionError), "error",
-         EXIT_BAD_INPUT),
-    ]
-    guard = PreemptionGuard(on_exit=_write_exit_code).install()
-    try:
-        if args.command == "run":
-            layout = run_bundle(args.bundle, args.stage, args.run_id, args.store, guard)
-        else:
-            layout = evaluate_run(args.bundle, args.run_id, args.store, args.stage, args.limit)
-    except tuple(t for types, _, _ in outcomes for t in types) as e:
-        label, code = next((label, code) for types, label, code in outcomes if isinstance(e, types))
-        kind = "retryable, " if code == EXIT_RETRYABLE else ""
-        color = "red" if code == EXIT_BAD_INPUT else "yellow"
-        console.print(f"[{color}]{label} ({kind}exit {code}):[/] {escape(str(e))}")
-        return _write_exit_code(code)
-    if _state().is_main_process:
-        print(json.dumps(summary(layout)))
-    return _write_exit_code(EXIT_OK)
+    def read_jsonl(self, key: str) -> list[dict[str, Any]]:
+        """Rows of a JSONL object; a last line cut off by preemption is skipped, the rest is good."""
+        try:
+            text = self.store.read_text(key)
+        except FileNotFoundError:
+            return []
+        rows = []
+        for line in lines(text):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return rows

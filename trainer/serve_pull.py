@@ -18,15 +18,13 @@ import json
 import sys
 from pathlib import Path
 
+from trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInput
 from trainer.store import MARKER, StoreUnavailable, split_uri
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_RETRYABLE = 0, 2, 75
 SOURCE = "_SOURCE"  # which store folder a local copy came from: a changed MODEL_URI pulls afresh
-# vLLM accepts only these LoRA ranks for --max-lora-rank; an adapter's rank rounds up to the next one.
-VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
 
-class PullError(ValueError):
+class PullError(BadInput):
     pass
 
 
@@ -43,11 +41,9 @@ def describe(dest: Path) -> str:
 
 def vllm_lora_rank(adapter: Path) -> int:
     """The --max-lora-rank vLLM needs for this adapter (its `r`, rounded up to a rank vLLM allows)."""
-    r = int(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["r"])
-    for allowed in VLLM_LORA_RANKS:
-        if r <= allowed:
-            return allowed
-    raise PullError(f"adapter rank {r} is above vLLM's largest LoRA rank {VLLM_LORA_RANKS[-1]}")
+    from trainer.generation import vllm_lora_rank as round_up
+
+    return round_up(int(json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["r"]))
 
 
 def pull(source_uri: str, dest: Path, progress: bool = True) -> Path:

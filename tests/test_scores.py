@@ -13,7 +13,7 @@ from eval_fixtures import GSM8K_SAMPLE, KO_EN, write_jsonl
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from trainer.metrics import gsm8k_scores, translation_scores
+from trainer.scores import gsm8k_scores, translation_scores
 
 REFS = Path(f"{KO_EN}.en").read_text(encoding="utf-8").splitlines()[:50]
 
@@ -97,4 +97,4 @@ def test_ft_eval_score_usage_errors(tmp_path: Path) -> None:
     assert out.exit_code == 2
     out = runner.invoke(app, ["eval", "score", "--task", "gsm8k", "--predictions", str(tmp_path / "nope"),
                               "--references", str(GSM8K_SAMPLE)])
-    assert out.exit_code == 1
+    assert out.exit_code == 2 and "no such file" in out.output
