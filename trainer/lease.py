@@ -25,6 +25,8 @@ from trainer.store import Exists, Store, StoreUnavailable
 class LeaseHeld(StoreUnavailable):
     """Another live trainer holds the run: retryable (exit 75), the holder may die or finish."""
 
+    label = "another trainer holds this run"
+
 
 @dataclass
 class RunLease:

@@ -26,6 +26,8 @@ from trainer.errors import EXIT_RETRYABLE, Retryable
 class Preempted(Retryable):
     """Training stopped on SIGTERM after its checkpoint reached the store."""
 
+    label = "preempted"
+
 
 class PreemptionGuard:
     """Process-wide: one SIGTERM handler, whatever stage is running."""

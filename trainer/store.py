@@ -48,10 +48,14 @@ class StoreUnavailable(Retryable):
     throttling). Retryable: the trainer exits with EXIT_RETRYABLE so SkyPilot's job recovery starts
     it again."""
 
+    label = "store unavailable"
+
 
 class StoreError(BadInput):
     """The store answered, and the answer will not change on a retry: no such bucket, access
     denied, no credentials, a corrupt folder. Bad input (exit 2)."""
+
+    label = "store error"
 
 
 class IntegrityError(StoreError):
