@@ -219,7 +219,12 @@ def register(app: typer.Typer) -> None:
                             no_args_is_help=True)
     app.add_typer(eval_app, name="eval")
     app.add_typer(serve_app, name="serve")
+    _register_eval(eval_app)
+    _register_serve(serve_app)
+    _register_run_tools(app)
 
+
+def _register_eval(eval_app: typer.Typer) -> None:
     @eval_app.command("run", help=_help(eval_run))
     def eval_run_cmd(
         target: str = typer.Argument(..., metavar="RUN_OR_MODEL"),
@@ -247,6 +252,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         eval_score(task, predictions, references, per_item, as_json)
 
+
+def _register_serve(serve_app: typer.Typer) -> None:
     @serve_app.command("up", help=_help(serve_up))
     def serve_up_cmd(
         run_ref: str = typer.Argument(..., metavar="RUN"),
@@ -268,6 +275,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         serve_check(url, prompt, model)
 
+
+def _register_run_tools(app: typer.Typer) -> None:
     @app.command("merge")
     def merge_cmd(
         run_ref: str = typer.Argument(..., metavar="RUN"),

@@ -102,23 +102,16 @@ def _where_and_price(spec) -> tuple:
     return instance, price, cost.budget_from_env() or spec.resources.max_cost_usd
 
 
-def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, record: dict,
-              guard: PreemptionGuard) -> int:
-    from trainer import cost
-    from trainer.callbacks import MetricsCallback, PreemptionCallback, StoreCheckpointCallback
-    from trainer.preemption import Preempted
-    from trainer.recipes.common import StageContext
-    from trainer.resume import checkpoint_step, finished, load_finished, make_resume_exact, resume_point
+def _stage_inputs(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, work: Path, state
+                  ) -> tuple[StageBase, Path | None, Path | None]:
+    """(stage, the adapter it starts from, the checkpoint it resumes from): fetched once per node."""
+    from trainer.resume import checkpoint_step, resume_point
 
-    state = _state()
     name = stage.stage_name
-    work = settings.workdir() / run.run_id
     output_dir = work / name
-    output_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = output_dir / "metrics.jsonl"
     with state.local_main_process_first():
         init_from = _init_from(run, bundle, stage, previous, work)
-        resume = resume_point(run, name, output_dir, metrics_file)
+        resume = resume_point(run, name, output_dir, output_dir / "metrics.jsonl")
     reward_stage = getattr(stage, "reward_model", None)
     if reward_stage in [s.stage_name for s in bundle.spec.stages]:
         # `reward_model: <stage>` names a reward stage of this run: GRPO loads its merged model by path
@@ -127,7 +120,52 @@ def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, 
         stage = stage.model_copy(update={"reward_model": str(path)})
     if resume:
         console.print(f"[bold]{name}[/]: resuming from checkpoint {checkpoint_step(resume)} "
-                      f"({run.store.url(run.checkpoint(name, checkpoint_step(resume)))})")
+                      f"({run.url(run.checkpoint(name, checkpoint_step(resume)))})")
+    return stage, init_from, resume
+
+
+def _continue_wandb_run(run_name: str) -> None:
+    if os.environ.get("WANDB_API_KEY"):
+        # The run id comes from SKYPILOT_TASK_ID, so a recovered job continues the same W&B run.
+        os.environ["WANDB_RUN_ID"] = run_name
+        os.environ["WANDB_RESUME"] = "allow"
+        os.environ.setdefault("WANDB_PROJECT", "llm-finetuning")
+
+
+def _publish_final(run: Run, trainer, recipe, name: str, output_dir: Path, state) -> None:
+    """The stage's output into the store, marker last: the final model and tokenizer, metrics, TensorBoard."""
+    final = output_dir / "final"
+    if hasattr(recipe, "finalize"):  # e.g. the reward model merges its LoRA into a full model
+        if state.is_main_process:
+            recipe.finalize(trainer, final)
+    else:
+        trainer.save_model(str(final))
+    if not state.is_main_process:
+        return
+    trainer.processing_class.save_pretrained(str(final))
+    shutil.rmtree(final / "ref", ignore_errors=True)  # TRL's frozen reference copy is not the stage's output
+    run.store.upload_dir(final, run.final(name), progress=False)
+    if (output_dir / "metrics.jsonl").exists():
+        run.store.upload_file(output_dir / "metrics.jsonl", run.metrics(name))
+    if (output_dir / "runs").is_dir():
+        run.store.upload_dir(output_dir / "runs", run.tensorboard(name), progress=False, mark_complete=False)
+
+
+def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, record: dict,
+              guard: PreemptionGuard) -> int:
+    from trainer import cost
+    from trainer.callbacks import MetricsCallback, PreemptionCallback, StoreCheckpointCallback
+    from trainer.preemption import Preempted
+    from trainer.recipes.common import StageContext
+    from trainer.resume import finished, load_finished, make_resume_exact
+
+    state = _state()
+    name = stage.stage_name
+    work = settings.workdir() / run.run_id
+    output_dir = work / name
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = output_dir / "metrics.jsonl"
+    stage, init_from, resume = _stage_inputs(run, bundle, stage, previous, work, state)
     # The bill: one attempt per process that runs this stage, its clock moved at every checkpoint.
     instance, price, budget = _where_and_price(bundle.spec)
     entry = record["stages"].setdefault(name, {"status": "running", "method": stage.method})
@@ -148,16 +186,10 @@ def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, 
         budget_cb = cost.BudgetCallback(price, budget, nodes=instance.nodes if instance else 1,
                                         spent_before_usd=cost.run_spend(record))
         callbacks.append(budget_cb)
-    ctx = StageContext(
-        spec=bundle.spec, stage=stage, bundle=bundle, output_dir=output_dir, init_from=init_from,
-        run_name=f"{run.run_id}-{name}", callbacks=callbacks,
-        stored_rows=_stored_rows(run, name, work, state),
-    )
-    if os.environ.get("WANDB_API_KEY"):
-        # The run id comes from SKYPILOT_TASK_ID, so a recovered job continues the same W&B run.
-        os.environ["WANDB_RUN_ID"] = f"{run.run_id}-{name}"
-        os.environ["WANDB_RESUME"] = "allow"
-        os.environ.setdefault("WANDB_PROJECT", "llm-finetuning")
+    ctx = StageContext(spec=bundle.spec, stage=stage, bundle=bundle, output_dir=output_dir, init_from=init_from,
+                       run_name=f"{run.run_id}-{name}", callbacks=callbacks,
+                       stored_rows=_stored_rows(run, name, work, state))
+    _continue_wandb_run(ctx.run_name)
     recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
     started = time.time()
     trainer = recipe.build(ctx)
@@ -174,23 +206,10 @@ def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, 
     if guard.requested:
         bill()
         raise Preempted(f"{name}: stopped on SIGTERM at step {preemption.stopped_at}, checkpoint in "
-                        f"{run.store.url(run.checkpoints(name))}")
-    final = output_dir / "final"
-    if hasattr(recipe, "finalize"):  # e.g. the reward model merges its LoRA into a full model
-        if state.is_main_process:
-            recipe.finalize(trainer, final)
-    else:
-        trainer.save_model(str(final))
+                        f"{run.url(run.checkpoints(name))}")
+    _publish_final(run, trainer, recipe, name, output_dir, state)
     steps = trainer.state.global_step
     if state.is_main_process:
-        trainer.processing_class.save_pretrained(str(final))
-        shutil.rmtree(final / "ref", ignore_errors=True)  # TRL's frozen reference copy is not the stage's output
-        run.store.upload_dir(final, run.final(name), progress=False)
-        if metrics_file.exists():
-            run.store.upload_file(metrics_file, run.metrics(name))
-        tb = output_dir / "runs"
-        if tb.is_dir():
-            run.store.upload_dir(tb, run.tensorboard(name), progress=False, mark_complete=False)
         entry.update(status="done", method=stage.method, final=run.final(name), steps=steps,
                      seconds=round(time.time() - started, 1))
         bill()

@@ -106,32 +106,29 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def plots(data: ReportData) -> list[Figure]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on a cloud VM; the report only needs PNG bytes
-    import matplotlib.pyplot as plt
-
-    figures: list[Figure] = []
-
+def _loss_figure(plt: Any, data: ReportData) -> list[Figure]:
     loss_stages = {s: rows for s, rows in data.metrics.items() if any("loss" in r for r in rows)}
-    if loss_stages:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        offset = 0
-        for stage, rows in loss_stages.items():
-            pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
-            if not pts:
-                continue
-            ax.plot([offset + s for s, _ in pts], [v for _, v in pts], marker=".", label=stage)
-            offset += max(s for s, _ in pts)
-            ax.axvline(offset, color="grey", lw=0.5, ls=":")
-        ax.set_xlabel("optimizer step (stages back to back)")
-        ax.set_ylabel("training loss")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        figures.append(Figure("Loss per stage", _png(fig), "Each stage's own loss (SFT: cross-entropy, "
-                              "DPO: preference loss, GRPO: policy loss); scales differ between methods."))
+    if not loss_stages:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    offset = 0
+    for stage, rows in loss_stages.items():
+        pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+        if not pts:
+            continue
+        ax.plot([offset + s for s, _ in pts], [v for _, v in pts], marker=".", label=stage)
+        offset += max(s for s, _ in pts)
+        ax.axvline(offset, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("optimizer step (stages back to back)")
+    ax.set_ylabel("training loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return [Figure("Loss per stage", _png(fig), "Each stage's own loss (SFT: cross-entropy, "
+                   "DPO: preference loss, GRPO: policy loss); scales differ between methods.")]
 
+
+def _reward_figures(plt: Any, data: ReportData) -> list[Figure]:
+    figures = []
     for stage, rows in data.metrics.items():
         pts = [r for r in rows if "reward_mean" in r and "step" in r]
         if not pts:
@@ -153,44 +150,66 @@ def plots(data: ReportData) -> list[Figure]:
         figures.append(Figure(f"GRPO reward ({stage})", _png(fig),
                               "Mean reward over the group of generations per step; the band is one "
                               "standard deviation (a collapsing band means the group stopped disagreeing)."))
-
-    if data.comparison and data.comparison.get("rows"):
-        metric = data.comparison["metric"]
-        rows = [r for r in data.comparison["rows"] if r.get(metric) is not None]
-        if rows:
-            fig, ax = plt.subplots(figsize=(8, 3.5))
-            values = [100 * r[metric] if metric == "accuracy" else r[metric] for r in rows]
-            bars = ax.bar([r["stage"] for r in rows], values, color=[f"C{i}" for i in range(len(rows))])
-            ax.bar_label(bars, fmt="%.1f")
-            ax.set_ylabel("GSM8K accuracy (%)" if metric == "accuracy" else metric.upper())
-            if metric == "accuracy":
-                ax.set_ylim(0, 100)
-            ax.grid(axis="y", alpha=0.3)
-            figures.append(Figure("Evaluation across stages", _png(fig), "Same test set for every stage."))
-
-    if data.token_lengths:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        for role, counts in data.token_lengths.items():
-            ax.hist(counts, bins=30, alpha=0.5, label=f"{role} (n={len(counts)})")
-        if data.max_length:
-            ax.axvline(data.max_length, color="red", ls="--", label=f"SFT max_length {data.max_length}")
-        ax.set_xlabel(data.token_unit)
-        ax.set_ylabel("examples")
-        ax.legend(fontsize=8)
-        figures.append(Figure("Token lengths (validation and test data)", _png(fig)))
-
-    timed = {s: e for s, e in data.info.get("stages", {}).items() if e.get("seconds")}
-    if timed:
-        fig, ax = plt.subplots(figsize=(8, 3))
-        bars = ax.bar(list(timed), [e["seconds"] / 60 for e in timed.values()], color="C2")
-        labels = []
-        for e in timed.values():
-            cost = _stage_cost(data.info, e)
-            labels.append(f"{e['seconds'] / 60:.1f} min" + (f"\n${cost:.2f}" if cost is not None else ""))
-        ax.bar_label(bars, labels=labels, fontsize=8)
-        ax.set_ylabel("minutes")
-        figures.append(Figure("Time and cost per stage", _png(fig)))
     return figures
+
+
+def _evaluation_figure(plt: Any, data: ReportData) -> list[Figure]:
+    if not (data.comparison and data.comparison.get("rows")):
+        return []
+    metric = data.comparison["metric"]
+    rows = [r for r in data.comparison["rows"] if r.get(metric) is not None]
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    values = [100 * r[metric] if metric == "accuracy" else r[metric] for r in rows]
+    bars = ax.bar([r["stage"] for r in rows], values, color=[f"C{i}" for i in range(len(rows))])
+    ax.bar_label(bars, fmt="%.1f")
+    ax.set_ylabel("GSM8K accuracy (%)" if metric == "accuracy" else metric.upper())
+    if metric == "accuracy":
+        ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    return [Figure("Evaluation across stages", _png(fig), "Same test set for every stage.")]
+
+
+def _token_length_figure(plt: Any, data: ReportData) -> list[Figure]:
+    if not data.token_lengths:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for role, counts in data.token_lengths.items():
+        ax.hist(counts, bins=30, alpha=0.5, label=f"{role} (n={len(counts)})")
+    if data.max_length:
+        ax.axvline(data.max_length, color="red", ls="--", label=f"SFT max_length {data.max_length}")
+    ax.set_xlabel(data.token_unit)
+    ax.set_ylabel("examples")
+    ax.legend(fontsize=8)
+    return [Figure("Token lengths (validation and test data)", _png(fig))]
+
+
+def _time_and_cost_figure(plt: Any, data: ReportData) -> list[Figure]:
+    timed = {s: e for s, e in data.info.get("stages", {}).items() if e.get("seconds")}
+    if not timed:
+        return []
+    fig, ax = plt.subplots(figsize=(8, 3))
+    bars = ax.bar(list(timed), [e["seconds"] / 60 for e in timed.values()], color="C2")
+    labels = []
+    for e in timed.values():
+        cost = _stage_cost(data.info, e)
+        labels.append(f"{e['seconds'] / 60:.1f} min" + (f"\n${cost:.2f}" if cost is not None else ""))
+    ax.bar_label(bars, labels=labels, fontsize=8)
+    ax.set_ylabel("minutes")
+    return [Figure("Time and cost per stage", _png(fig))]
+
+
+FIGURES = (_loss_figure, _reward_figures, _evaluation_figure, _token_length_figure, _time_and_cost_figure)
+
+
+def plots(data: ReportData) -> list[Figure]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on a cloud VM; the report only needs PNG bytes
+    import matplotlib.pyplot as plt
+
+    return [figure for make in FIGURES for figure in make(plt, data)]
 
 
 def _stage_cost(info: dict[str, Any], entry: dict[str, Any]) -> float | None:
