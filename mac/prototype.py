@@ -22,9 +22,10 @@ from typing import Any
 from rich.console import Console
 
 from mac.adapter_convert import mlx_to_peft
-from trainer import builtin_model
+from trainer import builtin_model, textio
 from trainer.errors import BadInput
 from trainer.spec import JobSpec, PrototypeSpec, SFTStage
+from trainer.textio import RowError, read_jsonl
 
 OUTPUT_ROOT = Path("outputs/mlx")
 
@@ -137,13 +138,11 @@ def _looks_like_oom(err: BaseException) -> bool:
 
 
 # ------------------------------------------------------------------------------------- data
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+def _rows(path: Path) -> list[dict]:
+    try:
+        return read_jsonl(path)
+    except RowError as e:
+        raise PrototypeError(str(e)) from None
 
 
 def _data_file(spec_dir: Path, rel: str | None, role: str) -> Path | None:
@@ -159,9 +158,9 @@ def load_sft_data(spec: JobSpec, spec_dir: Path, batch_size: int, notes: list[st
     train_path = _data_file(spec_dir, spec.data.sft_train, "sft_train")
     if train_path is None:
         raise PrototypeError("the prototype trains on data.sft_train; the spec names none")
-    train = read_jsonl(train_path)
+    train = _rows(train_path)
     valid_path = _data_file(spec_dir, spec.data.sft_valid, "sft_valid")
-    valid = read_jsonl(valid_path) if valid_path else []
+    valid = _rows(valid_path) if valid_path else []
     if not valid:
         hold = max(batch_size, len(train) // 10)
         if len(train) - hold < batch_size:
@@ -177,11 +176,9 @@ def load_sft_data(spec: JobSpec, spec_dir: Path, batch_size: int, notes: list[st
 
 
 def load_test_rows(path: Path, limit: int) -> list[dict]:
-    from trainer.textio import load_test_rows as load_rows
-
     try:
-        return load_rows(path)[:limit]
-    except ValueError as e:
+        return textio.load_test_rows(path)[:limit]
+    except RowError as e:
         raise PrototypeError(str(e)) from None
 
 
@@ -265,12 +262,12 @@ def generate_all(model: Any, tokenizer: Any, rows: list[dict], max_tokens: int, 
 
 
 def score(task: str, preds: list[str], rows: list[dict]) -> dict[str, Any]:
-    from trainer import metrics  # the trainer's own scoring, so Mac and GPU numbers are comparable
+    from trainer import scores  # the trainer's own scoring, so Mac and GPU numbers are comparable
 
     refs = [r["answer"] for r in rows]
     if task == "gsm8k":
-        return metrics.gsm8k_scores(preds, refs)
-    return metrics.translation_scores(preds, refs, comet=False)
+        return scores.gsm8k_scores(preds, refs)
+    return scores.translation_scores(preds, refs, comet=False)
 
 
 def headline(scores: dict[str, Any]) -> dict[str, Any]:
@@ -301,59 +298,98 @@ def plot_losses(train: list[dict], val: list[dict], path: Path, title: str) -> N
 
 
 # -------------------------------------------------------------------------------------- run
+@dataclass
+class _Lora:
+    """The LoRA the prototype trains, as mlx-lm takes it."""
+
+    num_layers: int
+    parameters: dict[str, Any]  # rank, scale, dropout, keys
+
+
 def run_prototype(spec: JobSpec, spec_dir: Path, iters: int | None = None, max_samples: int | None = None,
                   out_root: Path = OUTPUT_ROOT, console: Console | None = None) -> PrototypeResult:
     """Train, evaluate and write `out_root/<job>/`. Raises PrototypeError with guidance on bad input or OOM."""
     if spec.prototype is None:
         raise PrototypeError("the spec has no `prototype:` section")
-    import mlx.core as mx
-    import mlx.optimizers as optim
-    import numpy as np
     from mlx_lm import load
-    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
-    from mlx_lm.tuner.trainer import TrainingArgs, train
-    from mlx_lm.tuner.utils import linear_to_lora_layers
 
     console = console or Console()
-    proto = spec.prototype
-    spec_dir = Path(spec_dir)
-    notes: list[str] = []
+    proto, spec_dir, notes = spec.prototype, Path(spec_dir), []
     iters = iters or proto.iters
     samples = proto.eval_samples if max_samples is None else max_samples
     stage = sft_stage(spec)
     seed = stage.seed if stage else 42
     model_name = resolve_model(spec, spec_dir)
     out_dir = Path(out_root) / spec.name
-    adapters_dir, peft_dir = out_dir / "adapters", out_dir / "peft_adapter"
+    adapters_dir = out_dir / "adapters"
     started = time.perf_counter()
 
     train_rows, valid_rows = load_sft_data(spec, spec_dir, proto.batch_size, notes)
     console.print(f"[bold]prototype[/] {spec.name}: {model_name}  ({len(train_rows)} train / {len(valid_rows)} "
                   f"valid rows)")
     model, tokenizer = load(model_name)
-    lora = spec.finetune.lora
-    num_layers = lora_layer_count(spec, len(model.layers), notes)
-    lora_parameters = {"rank": lora.r, "scale": lora.alpha / lora.r, "dropout": lora.dropout,
-                       "keys": mlx_keys(model, lora.target_modules)}
+    lora = _add_lora(spec, model, seed, notes)
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
+    _write_adapter_config(out_dir, {
+        "model": model_name, "fine_tune_type": "lora", "num_layers": lora.num_layers,
+        "lora_parameters": lora.parameters, "iters": iters, "batch_size": proto.batch_size,
+        "learning_rate": proto.learning_rate, "max_seq_length": proto.max_seq_length,
+        "grad_checkpoint": proto.grad_checkpoint, "mask_prompt": proto.mask_prompt, "seed": seed})
+    progress = _make_progress(console)
+    with progress:
+        callback = _train(model, tokenizer, proto, iters, (train_rows, valid_rows), adapters_dir, model_name,
+                          progress, notes, console)
+        train_seconds = time.perf_counter() - started
+        task = spec.evaluation.task or ("gsm8k" if spec.data.task == "math" else "translation")
+        eval_block = _evaluate(spec, spec_dir, task, samples, model, tokenizer, progress, notes)
 
+    metrics = _metrics(spec, model_name, task, iters, seed, lora, callback, train_seconds, eval_block, notes)
+    check_base = builtin_model.is_builtin(spec.model.base) or Path(spec.model.base).expanduser().exists()
+    metrics["peft"] = mlx_to_peft(adapters_dir, out_dir / "peft_adapter", spec.model.base, check_base=check_base)
+    plot_losses(callback.train, callback.val, out_dir / "loss.png",
+                f"{spec.name}: mlx-lm LoRA on {Path(model_name).name}")
+    if not all(math.isfinite(t["train_loss"]) for t in callback.train):
+        notes.append("the training loss is not finite: lower prototype.learning_rate")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    return PrototypeResult(out_dir, metrics, notes)
+
+
+def _add_lora(spec: JobSpec, model: Any, seed: int, notes: list[str]) -> _Lora:
+    """Freeze the model and put the spec's LoRA on its last blocks (seeded, so a rerun starts the same)."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    lora = spec.finetune.lora
+    num_layers = lora_layer_count(spec, len(model.layers), notes)
+    parameters = {"rank": lora.r, "scale": lora.alpha / lora.r, "dropout": lora.dropout,
+                  "keys": mlx_keys(model, lora.target_modules)}
     mx.random.seed(seed)
     np.random.seed(seed)
     model.freeze()
-    linear_to_lora_layers(model, num_layers, lora_parameters)
-    for path in (adapters_dir, peft_dir):
+    linear_to_lora_layers(model, num_layers, parameters)
+    return _Lora(num_layers, parameters)
+
+
+def _write_adapter_config(out_dir: Path, config: dict[str, Any]) -> None:
+    """A fresh `adapters/` with mlx-lm's adapter_config.json (what `mlx_lm.generate --adapter-path` reads);
+    the previous run's adapters, MLX and PEFT, are removed first."""
+    for path in (out_dir / "adapters", out_dir / "peft_adapter"):
         if path.exists():
             shutil.rmtree(path)
-    adapters_dir.mkdir(parents=True)
-    mlx_config = {"model": model_name, "fine_tune_type": "lora", "num_layers": num_layers,
-                  "lora_parameters": lora_parameters, "iters": iters, "batch_size": proto.batch_size,
-                  "learning_rate": proto.learning_rate, "max_seq_length": proto.max_seq_length,
-                  "grad_checkpoint": proto.grad_checkpoint, "mask_prompt": proto.mask_prompt, "seed": seed}
-    (adapters_dir / "adapter_config.json").write_text(json.dumps(mlx_config, indent=4) + "\n")
+    (out_dir / "adapters").mkdir(parents=True)
+    (out_dir / "adapters" / "adapter_config.json").write_text(json.dumps(config, indent=4) + "\n")
 
-    train_set = CacheDataset(ChatDataset(train_rows, tokenizer, mask_prompt=proto.mask_prompt))
-    valid_set = CacheDataset(ChatDataset(valid_rows, tokenizer, mask_prompt=proto.mask_prompt))
+
+def _train(model: Any, tokenizer: Any, proto: PrototypeSpec, iters: int, rows: tuple[list, list],
+           adapters_dir: Path, model_name: str, progress: Any, notes: list[str], console: Console) -> ProgressCallback:
+    """mlx-lm's LoRA training with our progress bar; an out-of-memory error becomes the spec changes to try."""
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.datasets import CacheDataset, ChatDataset
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+
+    train_set, valid_set = (CacheDataset(ChatDataset(r, tokenizer, mask_prompt=proto.mask_prompt)) for r in rows)
     args = TrainingArgs(batch_size=proto.batch_size, iters=iters, val_batches=proto.val_batches,
                         steps_per_report=1, steps_per_eval=min(proto.steps_per_eval, iters),
                         steps_per_save=max(100, iters + 1), adapter_file=str(adapters_dir / "adapters.safetensors"),
@@ -364,64 +400,72 @@ def run_prototype(spec: JobSpec, spec_dir: Path, iters: int | None = None, max_s
                 f"({proto.max_seq_length}) and get truncated")
         notes.append(note)
         console.print(f"[yellow]note:[/] {note}")
-    progress = _make_progress(console)
-    with progress:
-        bar = progress.add_task("train", total=iters, stats="loss –  val –")
-        callback = ProgressCallback(progress, bar)
-        try:
-            with _quiet_mlx_ui():
-                train(model=model, optimizer=optim.Adam(learning_rate=proto.learning_rate), train_dataset=train_set,
-                      val_dataset=valid_set, args=args, training_callback=callback)
-        except (RuntimeError, MemoryError, ValueError) as e:
-            if _looks_like_oom(e):
-                tips = "\n  ".join(memory_advice(proto, model_name))
-                raise PrototypeError(f"MLX ran out of memory ({e}). Try, in the spec:\n  {tips}") from e
-            raise
-        train_seconds = time.perf_counter() - started
+    callback = ProgressCallback(progress, progress.add_task("train", total=iters, stats="loss –  val –"))
+    try:
+        with _quiet_mlx_ui():
+            train(model=model, optimizer=optim.Adam(learning_rate=proto.learning_rate), train_dataset=train_set,
+                  val_dataset=valid_set, args=args, training_callback=callback)
+    except (RuntimeError, MemoryError, ValueError) as e:
+        if _looks_like_oom(e):
+            tips = "\n  ".join(memory_advice(proto, model_name))
+            raise PrototypeError(f"MLX ran out of memory ({e}). Try, in the spec:\n  {tips}") from e
+        raise
+    return callback
 
-        scores: dict[str, Any] = {}
-        eval_block: dict[str, Any] = {"n": 0}
-        test_path = _data_file(spec_dir, spec.data.test, "test")
-        task = spec.evaluation.task or ("gsm8k" if spec.data.task == "math" else "translation")
-        if samples > 0 and test_path is not None:
-            rows = load_test_rows(test_path, samples)
-            max_tokens = spec.evaluation.max_new_tokens
-            model.eval()
-            adapter_preds = generate_all(model, tokenizer, rows, max_tokens, progress, "eval adapter")
-            lora_layers = _lora_layers(model)
-            saved = [m.scale for m in lora_layers]
-            for m in lora_layers:
-                m.scale = 0.0  # the very same weights without the adapter: the base model
-            try:
-                base_preds = generate_all(model, tokenizer, rows, max_tokens, progress, "eval base")
-            finally:
-                for m, s in zip(lora_layers, saved, strict=True):
-                    m.scale = s
-            base_scores, adapter_scores = score(task, base_preds, rows), score(task, adapter_preds, rows)
-            scores = headline(adapter_scores)
-            eval_block = {
-                "task": task, "n": len(rows), "max_new_tokens": max_tokens, "decoding": "greedy",
-                "base": base_scores, "adapter": adapter_scores,
-                "samples": [{"prompt": r["messages"][-1]["content"], "answer": r["answer"], "base": b, "adapter": a}
-                            for r, b, a in zip(rows[:3], base_preds, adapter_preds, strict=False)],
-            }
-        elif samples > 0:
-            notes.append("no data.test: skipped the base-vs-adapter evaluation")
 
+def _evaluate(spec: JobSpec, spec_dir: Path, task: str, samples: int, model: Any, tokenizer: Any, progress: Any,
+              notes: list[str]) -> dict[str, Any]:
+    """Base vs adapter on the first `samples` test rows, greedy; `{"n": 0}` when there is nothing to score."""
+    test_path = _data_file(spec_dir, spec.data.test, "test")
+    if samples <= 0:
+        return {"n": 0}
+    if test_path is None:
+        notes.append("no data.test: skipped the base-vs-adapter evaluation")
+        return {"n": 0}
+    rows = load_test_rows(test_path, samples)
+    max_tokens = spec.evaluation.max_new_tokens
+    model.eval()
+    adapter_preds = generate_all(model, tokenizer, rows, max_tokens, progress, "eval adapter")
+    lora_layers = _lora_layers(model)
+    saved = [m.scale for m in lora_layers]
+    for m in lora_layers:
+        m.scale = 0.0  # the very same weights without the adapter: the base model
+    try:
+        base_preds = generate_all(model, tokenizer, rows, max_tokens, progress, "eval base")
+    finally:
+        for m, s in zip(lora_layers, saved, strict=True):
+            m.scale = s
+    return {
+        "task": task, "n": len(rows), "max_new_tokens": max_tokens, "decoding": "greedy",
+        "base": score(task, base_preds, rows), "adapter": score(task, adapter_preds, rows),
+        "samples": [{"prompt": r["messages"][-1]["content"], "answer": r["answer"], "base": b, "adapter": a}
+                    for r, b, a in zip(rows[:3], base_preds, adapter_preds, strict=False)],
+    }
+
+
+def _metrics(spec: JobSpec, model_name: str, task: str, iters: int, seed: int, lora: _Lora,
+             callback: ProgressCallback, train_seconds: float, eval_block: dict[str, Any],
+             notes: list[str]) -> dict[str, Any]:
+    """metrics.json: what was trained, how it went, and base vs adapter (the bundle carries it)."""
+    import mlx.core as mx
+    import numpy as np
+
+    assert spec.prototype is not None
+    proto, spec_lora = spec.prototype, spec.finetune.lora
     last_train = callback.train[-1] if callback.train else {}
     last_val = callback.val[-1] if callback.val else {}
     tps = [t["tokens_per_second"] for t in callback.train]
-    metrics = {
+    return {
         "job": spec.name,
         "source": "mlx-lm prototype (ft prototype)",
         "mlx_model": model_name,
         "base_model": spec.model.base,
         "task": task,
         "settings": {"iters": iters, "batch_size": proto.batch_size, "learning_rate": proto.learning_rate,
-                     "num_layers": num_layers, "rank": lora.r, "alpha": lora.alpha, "scale": lora.alpha / lora.r,
-                     "dropout": lora.dropout, "keys": lora_parameters["keys"],
-                     "max_seq_length": proto.max_seq_length, "grad_checkpoint": proto.grad_checkpoint,
-                     "mask_prompt": proto.mask_prompt, "seed": seed},
+                     "num_layers": lora.num_layers, "rank": spec_lora.r, "alpha": spec_lora.alpha,
+                     "scale": spec_lora.alpha / spec_lora.r, "dropout": spec_lora.dropout,
+                     "keys": lora.parameters["keys"], "max_seq_length": proto.max_seq_length,
+                     "grad_checkpoint": proto.grad_checkpoint, "mask_prompt": proto.mask_prompt, "seed": seed},
         "train": {"final_train_loss": last_train.get("train_loss"), "final_val_loss": last_val.get("val_loss"),
                   "first_val_loss": callback.val[0]["val_loss"] if callback.val else None,
                   "trained_tokens": last_train.get("trained_tokens"),
@@ -429,15 +473,7 @@ def run_prototype(spec: JobSpec, spec_dir: Path, iters: int | None = None, max_s
                   "peak_memory_gb": round(mx.get_peak_memory() / 1e9, 3), "seconds": round(train_seconds, 1),
                   "history": {"train": [{"iteration": t["iteration"], "loss": t["train_loss"]} for t in callback.train],
                               "val": [{"iteration": v["iteration"], "loss": v["val_loss"]} for v in callback.val]}},
-        "scores": scores,
+        "scores": headline(eval_block["adapter"]) if "adapter" in eval_block else {},
         "eval": eval_block,
         "notes": notes,
     }
-    check_base = builtin_model.is_builtin(spec.model.base) or Path(spec.model.base).expanduser().exists()
-    metrics["peft"] = mlx_to_peft(adapters_dir, peft_dir, spec.model.base, check_base=check_base)
-    plot_losses(callback.train, callback.val, out_dir / "loss.png",
-                f"{spec.name}: mlx-lm LoRA on {Path(model_name).name}")
-    if not all(math.isfinite(t["train_loss"]) for t in callback.train):
-        notes.append("the training loss is not finite: lower prototype.learning_rate")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    return PrototypeResult(out_dir, metrics, notes)

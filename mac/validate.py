@@ -17,11 +17,10 @@ from trainer.textio import (
     ROLE_OF_KIND,
     Kind,
     RowError,
+    RowShapes,
     canonical,
     check_row,
     iter_jsonl,
-    row_shape,
-    shape_problem,
 )
 
 __all__ = ["ROLE_OF_KIND", "Kind", "FileReport", "Finding", "check_row", "validate_file", "test_prompt_digests"]
@@ -160,7 +159,7 @@ def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: 
         report.add(None, "error", "file not found")
         return report
     counter = TokenCounter(tokenizer, max_length) if tokenizer is not None else None
-    shape: tuple[int, str] | None = None
+    shapes = RowShapes()
     seen: dict[bytes, int] = {}
     truncated_lines: list[int] = []
     pending: list[tuple[int, list[dict] | str]] = []
@@ -185,13 +184,8 @@ def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: 
         if probe.read(3) == b"\xef\xbb\xbf":
             report.add(1, "error", "starts with a UTF-8 byte-order mark; save without BOM")
     for number, row in _lines(path, report):
-        problem = check_row(row, kind, answer_parser if kind in ("grpo", "test") else None)
-        if not problem:
-            this = row_shape(row)
-            if shape is None:
-                shape = (number, this)
-            elif this != shape[1]:
-                problem = shape_problem(this, shape)
+        problem = check_row(row, kind, answer_parser if kind in ("grpo", "test") else None) \
+            or shapes.problem(number, row)
         if problem:
             report.add(number, "error", problem)
             continue

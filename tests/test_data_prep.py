@@ -82,4 +82,4 @@ def test_cli_prepare_and_bad_source(tmp_path):
     assert (tmp_path / "t" / "data_config.yaml").exists()
     bad = runner.invoke(app, ["data", "prepare", "math", "--source", str(tmp_path / "nothing"), "--out",
                               str(tmp_path / "m")])
-    assert bad.exit_code == 1 and "train.jsonl" in bad.output
+    assert bad.exit_code == 2 and "train.jsonl" in bad.output  # a DataSourceError is bad input

@@ -1,6 +1,9 @@
-"""Reading line-oriented text and JSONL safely. `str.splitlines()` also splits on U+2028, U+2029, U+0085
-and other separators that JSON strings written with `ensure_ascii=False` (and Korean news text) may
-contain, which would cut a JSONL row in two or shift a parallel corpus by a line."""
+"""Reading line-oriented text and JSONL safely: the one JSONL reader (`read_jsonl`, streaming
+`iter_jsonl`) and the one row schema, shared by the validator, the trainer and the workstation.
+
+`str.splitlines()` also splits on U+2028, U+2029, U+0085 and other separators that JSON strings written
+with `ensure_ascii=False` (and Korean news text) may contain, which would cut a JSONL row in two or
+shift a parallel corpus by a line; `lines` splits on `\n` only."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
+
+from trainer.errors import BadInput
 
 
 def lines(text: str) -> list[str]:
@@ -22,23 +27,6 @@ def lines(text: str) -> list[str]:
 
 def read_lines(path: str | Path) -> list[str]:
     return lines(Path(path).read_text(encoding="utf-8"))
-
-
-def load_test_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Test rows as `{"messages": [...], "answer": str}`. Accepts the bundle format (`prompt`: a message
-    list or a string) and raw GSM8K rows (`question`)."""
-    rows = []
-    for line in read_lines(path):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        prompt = row.get("prompt", row.get("question"))
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        if not isinstance(prompt, list) or "answer" not in row:
-            raise ValueError(f"{path}: each test row needs `prompt` (or `question`) and `answer`")
-        rows.append({"messages": prompt, "answer": row["answer"]})
-    return rows
 
 
 # ------------------------------------------------------------------------------------ JSONL rows
@@ -55,7 +43,7 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _INVISIBLE = {"Cc", "Cf", "Zs", "Zl", "Zp"}
 
 
-class RowError(ValueError):
+class RowError(BadInput):
     """A JSONL line that cannot be used; `line` is 1-based."""
 
     def __init__(self, file: str, line: int, message: str):
@@ -140,6 +128,64 @@ def iter_jsonl(path: str | Path, display: str | None = None) -> Iterator[tuple[i
                 yield number, RowError(name, number, str(e))
 
 
+def read_jsonl(source: str | Path, *, text: str | None = None, tolerate_cut_last_line: bool = False) -> list[Any]:
+    """Every row of a JSONL file, or of `text` read from `source` (a store object): the one JSONL reader.
+
+    Strict by default, for data a person gave us: every line by `parse_row`'s rules, and the first bad
+    line a RowError naming source:line. `tolerate_cut_last_line` is for the files the trainer appends to
+    itself (metrics.jsonl), which a kill mid-write leaves with half a last line: that line is dropped (a
+    bad line before it is still an error), and rows are read as Python's json writes them (NaN for a
+    diverged loss)."""
+    name = str(source)
+    if tolerate_cut_last_line:
+        return _rows_written_by_us(name, Path(source).read_bytes().decode("utf-8", "replace") if text is None
+                                   else text)
+    numbered = iter_jsonl(source, name) if text is None else (
+        (number, _parsed(name, number, line)) for number, line in enumerate(lines(text), 1) if line.strip())
+    rows = []
+    for _, row in numbered:
+        if isinstance(row, RowError):
+            raise row
+        rows.append(row)
+    return rows
+
+
+def _parsed(name: str, number: int, line: str) -> Any:
+    try:
+        return parse_row(line)
+    except ValueError as e:
+        return RowError(name, number, str(e))
+
+
+def _rows_written_by_us(name: str, text: str) -> list[Any]:
+    numbered = [(number, line) for number, line in enumerate(lines(text), 1) if line.strip()]
+    rows = []
+    for i, (number, line) in enumerate(numbered):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(numbered) - 1:
+                break  # cut off by a kill mid-write; everything before it is whole
+            raise RowError(name, number, f"not valid JSON: {e.msg} (column {e.colno})") from None
+    return rows
+
+
+def load_test_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Test rows as `{"messages": [...], "answer": str}`. Accepts the bundle format (`prompt`: a message
+    list or a string) and raw GSM8K rows (`question`); RowError naming file:line otherwise."""
+    rows = []
+    for number, row in iter_jsonl(path):
+        if isinstance(row, RowError):
+            raise row
+        prompt = row.get("prompt", row.get("question")) if isinstance(row, dict) else None
+        if isinstance(prompt, str):
+            prompt = [{"role": "user", "content": prompt}]
+        if not isinstance(prompt, list) or "answer" not in row:
+            raise RowError(str(path), number, "each test row needs `prompt` (or `question`) and `answer`")
+        rows.append({"messages": prompt, "answer": row["answer"]})
+    return rows
+
+
 def _messages(value: Any, where: str, last_role: str | None) -> str | None:
     """Problem with a ChatML message list, or None."""
     if not isinstance(value, list) or not value:
@@ -218,10 +264,27 @@ def check_row(row: Any, kind: Kind, answer_parser: Callable[[str], Any] | None =
     return f"unknown keys {sorted(extra)}" if extra else None
 
 
-def row_shape(row: dict) -> str:
-    """What a file's table looks like for this row: every row of one file must agree (the trainer
-    loads a file as one Arrow table, and a column cannot be text in one row and a list in another)."""
-    return ",".join(f"{k}:{'text' if isinstance(v, str) else 'messages'}" for k, v in sorted(row.items()))
+class RowShapes:
+    """Every row of one file must have the first row's shape: the trainer loads a file as one Arrow
+    table, and a column cannot be text in one row and a list in another. One per file."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, str] | None = None  # (line, shape) of the first row
+
+    @staticmethod
+    def shape(row: dict) -> str:
+        return ",".join(f"{k}:{'text' if isinstance(v, str) else 'messages'}" for k, v in sorted(row.items()))
+
+    def problem(self, line: int, row: dict) -> str | None:
+        """Why this (schema-valid) row does not fit the file's table, or None."""
+        this = self.shape(row)
+        if self.first is None:
+            self.first = (line, this)
+            return None
+        if this == self.first[1]:
+            return None
+        return (f"rows differ in shape ({this} here, {self.first[1]} at line {self.first[0]}); the trainer reads "
+                "a file as one table, so every row needs the same keys and the same text/message-list types")
 
 
 def answer_parser_for(task: str, kind: Kind) -> Callable[[str], Any] | None:
@@ -238,18 +301,12 @@ def check_file(path: str | Path, kind: Kind, task: str, display: str | None = No
     problem, else the number of rows. The trainer calls this before it trains on a bundle's file."""
     parser = answer_parser_for(task, kind)
     name = display or str(path)
-    shape: tuple[int, str] | None = None
+    shapes = RowShapes()
     rows = 0
     for number, row in iter_jsonl(path, name):
         if isinstance(row, RowError):
             raise row
-        problem = check_row(row, kind, parser)
-        if problem is None:
-            this = row_shape(row)
-            if shape is None:
-                shape = (number, this)
-            elif this != shape[1]:
-                problem = shape_problem(this, shape)
+        problem = check_row(row, kind, parser) or shapes.problem(number, row)
         if problem:
             raise RowError(name, number, problem)
         rows += 1
@@ -257,7 +314,3 @@ def check_file(path: str | Path, kind: Kind, task: str, display: str | None = No
         raise RowError(name, 1, "no rows")
     return rows
 
-
-def shape_problem(this: str, first: tuple[int, str]) -> str:
-    return (f"rows differ in shape ({this} here, {first[1]} at line {first[0]}); the trainer reads a file as "
-            "one table, so every row needs the same keys and the same text/message-list types")
