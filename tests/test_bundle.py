@@ -97,7 +97,7 @@ def test_push_fetch_roundtrip_and_idempotent_push(job, tmp_path, s3_env):
 
 
 def test_cli_bundle_json_and_push(job, tmp_path, s3_env):
-    result = CliRunner().invoke(app, ["bundle", str(job / "job.yaml"), "--out", str(tmp_path / "o"),
+    result = CliRunner().invoke(app, ["bundle", "create", str(job / "job.yaml"), "--out", str(tmp_path / "o"),
                                       "--push", f"{s3_env}/p", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout.strip().splitlines()[-1])

@@ -216,7 +216,7 @@ def test_hostile_data_line_is_refused_with_file_and_line(case, good_job, tmp_pat
     path.write_bytes(b"".join(lines))
     out = tmp_path / "bundles"
     started = time.monotonic()
-    result = invoke("bundle", str(job / "hostile.yaml"), "--out", str(out))
+    result = invoke("bundle", "create", str(job / "hostile.yaml"), "--out", str(out))
     assert time.monotonic() - started < 60
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
@@ -243,7 +243,7 @@ def test_hostile_spec_is_refused_with_line_or_field(case, good_job, tmp_path):
     assert time.monotonic() - started < 30, "bounded cost"
     assert result.exit_code == 1, result.output
     assert expected in result.output, result.output
-    bundled = invoke("bundle", str(spec), "--out", str(out))
+    bundled = invoke("bundle", "create", str(spec), "--out", str(out))
     assert bundled.exit_code == 1 and str(spec) in bundled.output, bundled.output
     assert expected in bundled.output.replace("\n", "") or expected[:20] in bundled.output
     assert not out.exists() or not any(out.iterdir())
@@ -279,7 +279,7 @@ def test_hostile_but_valid_rows_validate_and_the_trainer_trains_on_them(good_job
                     .replace("  grpo_train: data/grpo_prompts.jsonl\n", "")
                     + "stages:\n  - {method: sft, max_length: 128, max_steps: 1, per_device_train_batch_size: 2,"
                       " gradient_accumulation_steps: 1, packing: false, gradient_checkpointing: false}\n")
-    result = invoke("bundle", str(spec), "--out", str(tmp_path / "b"), "--json")
+    result = invoke("bundle", "create", str(spec), "--out", str(tmp_path / "b"), "--json")
     assert result.exit_code == 0, result.output
     bundle = json.loads(result.stdout.strip().splitlines()[-1])["path"]
     env = {**os.environ, "FT_WORKDIR": str(tmp_path / "work"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -437,14 +437,13 @@ def test_trainer_exits_2_on_a_malformed_manifest_and_an_invalid_spec_inside(bund
 
 
 def test_run_ids_follow_the_name_grammar(tmp_path):
-    from trainer.runs import RunLayout
-    from trainer.store import open_store
+    from trainer.run import Run
 
-    store = open_store(tmp_path / "store")
+    store = str(tmp_path / "store")
     for bad in ("../x", "a/b", "..", "", "/abs", "x" * 200):
         with pytest.raises(ValueError, match="run id"):
-            RunLayout(store, bad)
-    assert RunLayout(store, "job-20260101-abc.1_x").root == "runs/job-20260101-abc.1_x"
+            Run(store, bad)
+    assert Run(store, "job-20260101-abc.1_x").root == "runs/job-20260101-abc.1_x"
 
 
 # ------------------------------------------------------------------------------------------ store

@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 from conftest_cloud import point_skypilot_at, write_catalog
 from typer.testing import CliRunner
 
-from jobs import cloud_cli, launch, pricing
+from jobs import launch, pricing
+from trainer.errors import BadInput
 from trainer.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -108,9 +108,8 @@ def test_skypilot_optimizer_agrees_with_our_cheapest(catalog, four_clouds):
 
 
 def test_launch_dry_run_cli(catalog, tmp_path):
-    app = typer.Typer()
-    cloud_cli.register(app)
-    app.callback()(lambda: None)
+    from jobs.cli import app
+
     demo = load_spec(REPO / "configs" / "demo.yaml")
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     raw["data"] = {k: str((REPO / "configs" / v).resolve()) if k in demo.data.files() else v
@@ -122,7 +121,7 @@ def test_launch_dry_run_cli(catalog, tmp_path):
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["launch", str(spec_path), "--stage", "sft", "--dry-run", "--run-id", "r1",
-                                      "--bundles-dir", str(tmp_path / "bundles")])
+                                      "--out", str(tmp_path / "bundles")])
     assert result.exit_code == 0, result.output
     cfg = yaml.safe_load(result.output[result.output.index("name: ft-r1"):])
     assert cfg["envs"]["BUNDLE"].startswith("s3://my-ft-bucket/llm-finetuning/bundles/demo-")
@@ -134,10 +133,9 @@ def test_launch_dry_run_cli(catalog, tmp_path):
 
 
 def test_gpus_cli_json_and_filters(catalog):
-    app = typer.Typer()
-    cloud_cli.register(app)
-    app.callback()(lambda: None)
-    result = CliRunner().invoke(app, ["gpus", "--gpu", "A100-80GB", "--on-demand", "--clouds", "runpod",
+    from jobs.cli import app
+
+    result = CliRunner().invoke(app, ["gpus", "--gpus", "A100-80GB", "--on-demand", "--clouds", "runpod",
                                       "--clouds", "vast", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
@@ -160,5 +158,5 @@ def test_fetch_from_local_store(tmp_path):
     assert not any("checkpoints" in g for g in got)
     dest2 = launch.fetch(f"{store}/runs/r1", "unused", tmp_path / "out2", checkpoints=True)
     assert (dest2 / "sft/checkpoints/100/optimizer.pt").is_file()
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(BadInput, match="nothing at"):  # exit 2: no such run in that store
         launch.fetch("nope", str(store), tmp_path / "out3")

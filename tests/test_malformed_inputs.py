@@ -117,7 +117,7 @@ def invoke(*args: str):
 
 
 def test_the_good_job_bundles(good_job, tmp_path):
-    result = invoke("bundle", str(good_job / "corpus.yaml"), "--out", str(tmp_path / "b"), "--json")
+    result = invoke("bundle", "create", str(good_job / "corpus.yaml"), "--out", str(tmp_path / "b"), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout.strip().splitlines()[-1])["bundle_id"]
 
@@ -144,7 +144,7 @@ def test_bad_data_line(case, good_job, tmp_path, math_data):
         lines[2] = raw + b"\n"
         path.write_bytes(b"".join(lines))
     out = tmp_path / "bundles"
-    result = invoke("bundle", str(job / "corpus.yaml"), "--out", str(out))
+    result = invoke("bundle", "create", str(job / "corpus.yaml"), "--out", str(out))
     assert result.exit_code == 1, result.output
     assert expected in result.output, result.output
     assert "no bundle written" in result.output
@@ -164,7 +164,7 @@ def test_bad_spec(case, good_job, tmp_path):
     else:
         spec.write_text(change)
     out = tmp_path / "bundles"
-    result = invoke("bundle", str(spec), "--out", str(out))
+    result = invoke("bundle", "create", str(spec), "--out", str(out))
     assert result.exit_code == 1, result.output
     assert expected in result.output, result.output
     assert str(spec) in result.output or "nope.jsonl" in expected

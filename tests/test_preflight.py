@@ -18,17 +18,17 @@ import yaml
 from conftest_cloud import write_catalog
 from typer.testing import CliRunner
 
-from jobs import cloud_cli, console, eval_cli, preflight, pricing
+from jobs import console, preflight, pricing
+from trainer.errors import describe
 from trainer.spec import SpecError, parse_spec, store_uri_problem
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    cloud_cli.register(app)
-    eval_cli.register(app)
-    app.callback()(lambda: None)
+    """`ft` itself: its error boundary decides the exit codes these tests check."""
+    from jobs.cli import app
+
     return app
 
 
@@ -94,8 +94,8 @@ def test_validate_refuses_one_slash_s3(tmp_path, catalog):
     assert result.exit_code == 1 and "store.uri" in result.output and "two slashes" in result.output
 
 
-@pytest.mark.parametrize("argv", [["eval", "r1"], ["report", "r1"], ["merge", "r1", "--out", "x"],
-                                  ["serve", "r1", "--dry-run"], ["push", "r1", "--hub", "a/b"], ["chat", "r1"],
+@pytest.mark.parametrize("argv", [["eval", "run", "r1"], ["report", "r1"], ["merge", "r1", "--out", "x"],
+                                  ["serve", "up", "r1", "--dry-run"], ["push", "r1", "--hub", "a/b"], ["chat", "r1"],
                                   ["fetch", "r1"]])
 def test_every_store_command_reads_ft_store_through_one_helper(argv, monkeypatch):
     monkeypatch.setenv("FT_STORE", "s3:/typo")  # proves the command read FT_STORE and checked it
@@ -110,7 +110,7 @@ def test_fetch_uses_ft_store_for_a_bare_run_id(tmp_path, monkeypatch):
     (run / "run.json").write_text("{}")
     (run / "sft" / "final" / "_COMPLETE").write_text("")
     monkeypatch.setenv("FT_STORE", str(tmp_path / "store"))
-    result = CliRunner().invoke(_app(), ["fetch", "r1", "--to", str(tmp_path / "out")])
+    result = CliRunner().invoke(_app(), ["fetch", "r1", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "r1" / "run.json").is_file()
     assert console.resolve_store("s3://given-bucket") == "s3://given-bucket"  # --store wins over FT_STORE
@@ -219,7 +219,7 @@ class FakeSky:
 
 def _launch(tmp_path, *extra, **over):
     path = _spec_file(tmp_path, **over)
-    return CliRunner().invoke(_app(), ["launch", str(path), "--run-id", "r1", "--bundles-dir",
+    return CliRunner().invoke(_app(), ["launch", str(path), "--run-id", "r1", "--out",
                                        str(tmp_path / "bundles"), *extra])
 
 
@@ -314,12 +314,12 @@ def test_the_ft_entry_point_turns_store_errors_into_one_line(tmp_path, s3_env, m
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = _spec_file(tmp_path)
     with pytest.raises(SystemExit) as e:
-        app(["bundle", str(path), "--out", str(tmp_path / "b"), "--push", f"{s3_env}/ft"])
+        app(["bundle", "create", str(path), "--out", str(tmp_path / "b"), "--push", f"{s3_env}/ft"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "no AWS credentials" in err and "Traceback" not in err
 
 
-def test_classify_hub_and_network_errors(monkeypatch):
+def test_describe_hub_and_network_errors(monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -329,19 +329,19 @@ def test_classify_hub_and_network_errors(monkeypatch):
         except ConnectionError as cause:
             raise LocalEntryNotFoundError("cannot find the requested files in the local cache") from cause
     except LocalEntryNotFoundError as e:
-        assert console.classify(OSError("We couldn't connect to 'https://huggingface.co'"))[0] == 2
-        assert console.classify(e)[0] == 75  # the Hub unreachable: retryable
+        assert describe(OSError("We couldn't connect to 'https://huggingface.co'"))[0] == 2
+        assert describe(e)[0] == 75  # the Hub unreachable: retryable
         wrapped = OSError("We couldn't connect to 'https://huggingface.co' to load the files")
         wrapped.__cause__ = e
-        assert console.classify(wrapped)[0] == 75
+        assert describe(wrapped)[0] == 75
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, line = console.classify(LocalEntryNotFoundError("not in the cache"))
+    code, line = describe(LocalEntryNotFoundError("not in the cache"))
     assert code == 2 and "HF_HUB_OFFLINE" in line
     import httpx
 
     response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/models/nobody/x"))
-    assert console.classify(RepositoryNotFoundError("nobody/nothing", response=response))[0] == 2
+    assert describe(RepositoryNotFoundError("nobody/nothing", response=response))[0] == 2
     from jobs.gpu_fit import ModelSizeError
 
-    assert console.classify(ModelSizeError("cannot size model 'x'"))[0] == 2
-    assert console.classify(KeyError("a bug")) is None  # a bug keeps its traceback
+    assert describe(ModelSizeError("cannot size model 'x'"))[0] == 2
+    assert describe(KeyError("a bug")) is None  # a bug keeps its traceback
