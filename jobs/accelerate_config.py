@@ -1,13 +1,13 @@
 """Accelerate configs for the spec's `distributed.strategy`: DDP, FSDP, DeepSpeed ZeRO-2, ZeRO-3 with
 CPU offload. The dicts below are the single source; `jobs/accelerate/*.yaml|json` are the same
 configs rendered for people (`accelerate launch --config_file jobs/accelerate/ddp.yaml ...`), and
-a test keeps the two identical.
+a test keeps the two identical:
 
-On the cloud machine the job YAMLs call `python -m jobs.accelerate_config --strategy S --out DIR`,
-which writes the config with this node's rank, the head node's address and the process counts
-taken from SkyPilot's variables, and prints the accelerate config path.
+    python -m jobs.accelerate_config --write-checked-in
 
-    python -m jobs.accelerate_config --strategy deepspeed_zero2 --out /tmp/ft-accelerate
+`ft launch` passes the spec's config to the job as base64 envs (jobs/launch.py `accelerate_envs`); the
+job YAML's run script writes them out on each node and gives accelerate this node's rank, the head
+node's address and the process counts from SkyPilot's variables as flags.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,14 @@ MAIN_PROCESS_PORT = 29500
 
 # "auto" values are filled in by transformers' DeepSpeed integration from the TrainingArguments,
 # so batch size, accumulation and clipping have one source: the spec's stage.
+_DS_TRAINER: dict[str, Any] = {
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "steps_per_print": 1000000,
+    "wall_clock_breakdown": False,
+}
 DEEPSPEED: dict[str, dict[str, Any]] = {
     "deepspeed_zero2": {
         "bf16": {"enabled": "auto"},
@@ -41,12 +48,7 @@ DEEPSPEED: dict[str, dict[str, Any]] = {
             "reduce_bucket_size": "auto",
             "allgather_bucket_size": 500000000,
         },
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "train_batch_size": "auto",
-        "train_micro_batch_size_per_gpu": "auto",
-        "steps_per_print": 1000000,
-        "wall_clock_breakdown": False,
+        **_DS_TRAINER,
     },
     "deepspeed_zero3_offload": {
         "bf16": {"enabled": "auto"},
@@ -69,12 +71,7 @@ DEEPSPEED: dict[str, dict[str, Any]] = {
             # artifact layout is the same as a single-GPU run's.
             "stage3_gather_16bit_weights_on_model_save": True,
         },
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "train_batch_size": "auto",
-        "train_micro_batch_size_per_gpu": "auto",
-        "steps_per_print": 1000000,
-        "wall_clock_breakdown": False,
+        **_DS_TRAINER,
     },
 }
 
@@ -151,22 +148,6 @@ def render(cfg: dict[str, Any]) -> str:
     return yaml.safe_dump(cfg, sort_keys=True)
 
 
-def write_for_node(strategy: str, out: Path, env: dict[str, str] | None = None) -> Path:
-    """Write this node's accelerate config (and DeepSpeed JSON) into `out` from SkyPilot's env."""
-    env = dict(os.environ if env is None else env)
-    nodes = int(env.get("SKYPILOT_NUM_NODES", "1") or 1)
-    gpus = int(env.get("SKYPILOT_NUM_GPUS_PER_NODE", "1") or 1)
-    rank = int(env.get("SKYPILOT_NODE_RANK", "0") or 0)
-    ips = [ip for ip in env.get("SKYPILOT_NODE_IPS", "").split() if ip]
-    out.mkdir(parents=True, exist_ok=True)
-    if strategy in DS_FILES:
-        (out / DS_FILES[strategy]).write_text(json.dumps(DEEPSPEED[strategy], indent=2) + "\n")
-    cfg = accelerate_config(strategy, nodes, rank, nodes * gpus, ips[0] if ips else None, ds_dir=out)
-    path = out / f"{strategy}.yaml"
-    path.write_text(render(cfg))
-    return path
-
-
 def checked_in_files() -> dict[str, str]:
     """File name → content of the configs checked in under jobs/accelerate/ (single node, 8 GPUs)."""
     files = {}
@@ -182,18 +163,11 @@ def checked_in_files() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategy", choices=STRATEGIES)
-    parser.add_argument("--out", type=Path, default=Path("/tmp/ft-accelerate"))
-    parser.add_argument("--write-checked-in", action="store_true", help="regenerate jobs/accelerate/")
-    args = parser.parse_args(argv)
-    if args.write_checked_in:
-        CONFIG_DIR.mkdir(exist_ok=True)
-        for name, text in checked_in_files().items():
-            (CONFIG_DIR / name).write_text(text)
-        return 0
-    if not args.strategy:
-        parser.error("--strategy is required")
-    print(write_for_node(args.strategy, args.out))
+    parser.add_argument("--write-checked-in", action="store_true", required=True, help="regenerate jobs/accelerate/")
+    parser.parse_args(argv)
+    CONFIG_DIR.mkdir(exist_ok=True)
+    for name, text in checked_in_files().items():
+        (CONFIG_DIR / name).write_text(text)
     return 0
 
 

@@ -138,10 +138,13 @@ def test_checked_in_accelerate_configs_are_current():
 def test_accelerate_configs_load_in_accelerate(strategy, tmp_path):
     from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
 
-    path = accelerate_config.write_for_node(strategy, tmp_path, {"SKYPILOT_NUM_NODES": "2",
-                                                                 "SKYPILOT_NUM_GPUS_PER_NODE": "4",
-                                                                 "SKYPILOT_NODE_RANK": "1",
-                                                                 "SKYPILOT_NODE_IPS": "10.1.1.1\n10.1.1.2"})
+    # node 1 of 2, four GPUs each, as the run script's flags make it on the cloud
+    cfg = accelerate_config.accelerate_config(strategy, num_machines=2, machine_rank=1, num_processes=8,
+                                              main_process_ip="10.1.1.1", ds_dir=tmp_path)
+    if strategy in accelerate_config.DS_FILES:
+        (tmp_path / accelerate_config.DS_FILES[strategy]).write_text(json.dumps(accelerate_config.DEEPSPEED[strategy]))
+    path = tmp_path / "accelerate.yaml"
+    path.write_text(accelerate_config.render(cfg))
     cfg = load_config_from_file(str(path))
     assert isinstance(cfg, ClusterConfig)
     assert (cfg.num_machines, cfg.machine_rank, cfg.num_processes, cfg.main_process_ip) == (2, 1, 8, "10.1.1.1")
