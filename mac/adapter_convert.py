@@ -76,7 +76,7 @@ def _load_torch(path: Path) -> dict:
 
 
 def _pairs(tensors: dict, pattern: re.Pattern, a: str, b: str, where: Path) -> dict[str, dict]:
-    """module -> {'a': tensor, 'b': tensor}; anything else in the file is an error."""
+    """module -> {'a': tensor, 'b': tensor}; anything else in the file, or nothing, is an error."""
     modules: dict[str, dict] = {}
     for name, t in tensors.items():
         m = pattern.match(name)
@@ -87,7 +87,17 @@ def _pairs(tensors: dict, pattern: re.Pattern, a: str, b: str, where: Path) -> d
     for module, ab in modules.items():
         if set(ab) != {"a", "b"}:
             raise AdapterConvertError(f"{where}: {module} has only lora_{next(iter(ab))}")
+    if not modules:
+        raise AdapterConvertError(f"{where}: no LoRA tensors")
     return modules
+
+
+def _one_rank(modules: dict[str, dict], axis: int, problem: str) -> int:
+    """The LoRA rank (A's dimension `axis`) shared by every module; else AdapterConvertError(problem + ranks)."""
+    ranks = {ab["a"].shape[axis] for ab in modules.values()}
+    if len(ranks) != 1:
+        raise AdapterConvertError(f"{problem} {sorted(ranks)}")
+    return ranks.pop()
 
 
 # -------------------------------------------------------------------------------- MLX -> PEFT
@@ -110,12 +120,7 @@ def mlx_to_peft(mlx_dir: Path, out: Path, base: str, check_base: bool = True) ->
         raise AdapterConvertError(f"{mlx_dir}/{CONFIG}: lora_parameters has no scale")
     scale = float(params["scale"])
     modules = _pairs(_load_torch(mlx_dir / MLX_WEIGHTS), _MLX_NAME, "lora_a", "lora_b", mlx_dir / MLX_WEIGHTS)
-    if not modules:
-        raise AdapterConvertError(f"{mlx_dir / MLX_WEIGHTS}: no LoRA tensors")
-    ranks = {ab["a"].shape[1] for ab in modules.values()}
-    if len(ranks) != 1:
-        raise AdapterConvertError(f"{mlx_dir}: mixed LoRA ranks {sorted(ranks)}")
-    rank = ranks.pop()
+    rank = _one_rank(modules, 1, f"{mlx_dir}: mixed LoRA ranks")
 
     state = {}
     for module, ab in sorted(modules.items()):
@@ -126,19 +131,27 @@ def mlx_to_peft(mlx_dir: Path, out: Path, base: str, check_base: bool = True) ->
         state[f"{PEFT_PREFIX}{module}.lora_A.weight"] = a.T.contiguous().to(torch.float32)
         state[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.T.contiguous().to(torch.float32)
 
-    targeting = _peft_targets(sorted(modules))
     if check_base:
         n = num_hidden_layers(base_config(base))
         top = max((s[1] for m in modules if (s := _split_layer(m))), default=-1)
         if top >= n:
             raise AdapterConvertError(f"the adapter touches layer {top} but {base} has {n} layers")
-    peft_cfg = {
+    peft_cfg = _peft_config(base, rank, scale, float(params.get("dropout", 0.0)), sorted(modules))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
+    (out / CONFIG).write_text(json.dumps(peft_cfg, indent=2) + "\n")
+    return peft_cfg
+
+
+def _peft_config(base: str, rank: int, scale: float, dropout: float, modules: list[str]) -> dict[str, Any]:
+    """PEFT's adapter_config.json for a plain LoRA on exactly `modules` (lora_alpha = scale × r)."""
+    return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base,
         "r": rank,
         "lora_alpha": scale * rank,
-        "lora_dropout": float(params.get("dropout", 0.0)),
+        "lora_dropout": dropout,
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
@@ -148,12 +161,8 @@ def mlx_to_peft(mlx_dir: Path, out: Path, base: str, check_base: bool = True) ->
         "modules_to_save": None,
         "rank_pattern": {},
         "alpha_pattern": {},
-        **targeting,
+        **_peft_targets(modules),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
-    (out / CONFIG).write_text(json.dumps(peft_cfg, indent=2) + "\n")
-    return peft_cfg
 
 
 def _peft_targets(modules: list[str]) -> dict[str, Any]:
@@ -191,32 +200,15 @@ def _peft_scales(cfg: dict[str, Any], modules: list[str], rank: int) -> dict[str
 def peft_to_mlx(peft_dir: Path, out: Path, base: str | None = None) -> dict[str, Any]:
     """Convert a PEFT LoRA adapter into an mlx-lm adapter folder (`mlx_lm.generate --adapter-path`,
     `load_adapters`). `base` (default: the adapter's base_model_name_or_path) gives the layer count."""
-    import torch
     from safetensors.torch import save_file
 
     peft_dir, out = Path(peft_dir), Path(out)
-    try:
-        cfg = json.loads((peft_dir / CONFIG).read_text())
-    except FileNotFoundError:
-        raise AdapterConvertError(f"{peft_dir}: no {CONFIG}; not a PEFT adapter folder") from None
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise AdapterConvertError(f"{peft_dir}: peft_type {cfg.get('peft_type')}; only LoRA converts to MLX")
-    for key, why in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save (fully trained modules)")):
-        if cfg.get(key):
-            raise AdapterConvertError(f"{peft_dir}: {why} has no mlx-lm LoRA equivalent")
-    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
-        raise AdapterConvertError(f"{peft_dir}: trained biases have no mlx-lm LoRA equivalent")
+    cfg = _peft_lora_config(peft_dir)
     tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in _load_torch(peft_dir / PEFT_WEIGHTS).items()}
     modules = _pairs(tensors, _PEFT_NAME, "lora_A", "lora_B", peft_dir / PEFT_WEIGHTS)
-    if not modules:
-        raise AdapterConvertError(f"{peft_dir / PEFT_WEIGHTS}: no LoRA tensors")
-    ranks = {ab["a"].shape[0] for ab in modules.values()}
-    if len(ranks) != 1:
-        raise AdapterConvertError(f"{peft_dir}: per-module ranks {sorted(ranks)}; mlx-lm needs one rank")
-    rank = ranks.pop()
+    rank = _one_rank(modules, 0, f"{peft_dir}: mlx-lm needs one rank; per-module ranks")
     if cfg.get("fan_in_fan_out"):
         modules = {m: {"a": ab["a"].T, "b": ab["b"].T} for m, ab in modules.items()}
-
     base = base or cfg.get("base_model_name_or_path")
     if not base:
         raise AdapterConvertError("no base model: pass --base (the adapter config names none)")
@@ -225,32 +217,8 @@ def peft_to_mlx(peft_dir: Path, out: Path, base: str | None = None) -> dict[str,
     # module (alpha_pattern) are folded into B, and (layer, key) cells PEFT left out get zeros.
     scales = _peft_scales(cfg, sorted(modules), rank)
     scale = Counter(scales.values()).most_common(1)[0][0]
-    keys: set[str] = set()
-    first_layer = n_layers
-    stem = None
-    for module in modules:
-        s = _split_layer(module)
-        if s:
-            stem, idx, rel = s
-            if idx >= n_layers:
-                raise AdapterConvertError(f"{module}: layer {idx}, but {base} has {n_layers} layers")
-            first_layer = min(first_layer, idx)
-            keys.add(rel)
-        else:
-            keys.add(module)
-    weights = {}
-    for module, ab in modules.items():
-        weights[f"{module}.lora_a"] = ab["a"].T.contiguous().to(torch.float32)
-        weights[f"{module}.lora_b"] = (ab["b"].T * (scales[module] / scale)).contiguous().to(torch.float32)
-    shapes = {_split_layer(m)[2]: (ab["a"].shape[1], ab["b"].shape[0])  # type: ignore[index]
-              for m, ab in modules.items() if _split_layer(m)}
-    if stem is not None:
-        for idx in range(first_layer, n_layers):
-            for rel, (d_in, d_out) in shapes.items():
-                name = f"{stem}.{idx}.{rel}"
-                if name not in modules:
-                    weights[f"{name}.lora_a"] = torch.zeros(d_in, rank)
-                    weights[f"{name}.lora_b"] = torch.zeros(rank, d_out)
+    keys, first_layer, stem = _mlx_grid(modules, n_layers, base)
+    weights = _mlx_weights(modules, scales, scale, rank, range(first_layer, n_layers), stem)
     mlx_cfg = {
         "fine_tune_type": "lora",
         "model": base,
@@ -262,3 +230,58 @@ def peft_to_mlx(peft_dir: Path, out: Path, base: str | None = None) -> dict[str,
     save_file(weights, str(out / MLX_WEIGHTS), metadata={"format": "mlx"})
     (out / CONFIG).write_text(json.dumps(mlx_cfg, indent=2) + "\n")
     return mlx_cfg
+
+
+def _peft_lora_config(peft_dir: Path) -> dict[str, Any]:
+    """The PEFT adapter config, refused when it holds what mlx-lm's LoRA cannot express."""
+    try:
+        cfg = json.loads((peft_dir / CONFIG).read_text())
+    except FileNotFoundError:
+        raise AdapterConvertError(f"{peft_dir}: no {CONFIG}; not a PEFT adapter folder") from None
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise AdapterConvertError(f"{peft_dir}: peft_type {cfg.get('peft_type')}; only LoRA converts to MLX")
+    for key, why in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save (fully trained modules)")):
+        if cfg.get(key):
+            raise AdapterConvertError(f"{peft_dir}: {why} has no mlx-lm LoRA equivalent")
+    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
+        raise AdapterConvertError(f"{peft_dir}: trained biases have no mlx-lm LoRA equivalent")
+    return cfg
+
+
+def _mlx_grid(modules: dict[str, dict], n_layers: int, base: str) -> tuple[set[str], int, str | None]:
+    """(mlx-lm keys, the first block with LoRA, the blocks' module stem, None when none is in a block)."""
+    keys: set[str] = set()
+    first_layer, stem = n_layers, None
+    for module in modules:
+        s = _split_layer(module)
+        if s:
+            stem, idx, rel = s
+            if idx >= n_layers:
+                raise AdapterConvertError(f"{module}: layer {idx}, but {base} has {n_layers} layers")
+            first_layer = min(first_layer, idx)
+            keys.add(rel)
+        else:
+            keys.add(module)
+    return keys, first_layer, stem
+
+
+def _mlx_weights(modules: dict[str, dict], scales: dict[str, float], scale: float, rank: int, layers: range,
+                 stem: str | None) -> dict[str, Any]:
+    """mlx-lm's (in, r) / (r, out) tensors, per-module scales folded into B, zeros for the cells of
+    `layers` that PEFT left out."""
+    import torch
+
+    weights = {}
+    for module, ab in modules.items():
+        weights[f"{module}.lora_a"] = ab["a"].T.contiguous().to(torch.float32)
+        weights[f"{module}.lora_b"] = (ab["b"].T * (scales[module] / scale)).contiguous().to(torch.float32)
+    shapes = {_split_layer(m)[2]: (ab["a"].shape[1], ab["b"].shape[0])  # type: ignore[index]
+              for m, ab in modules.items() if _split_layer(m)}
+    if stem is not None:
+        for idx in layers:
+            for rel, (d_in, d_out) in shapes.items():
+                name = f"{stem}.{idx}.{rel}"
+                if name not in modules:
+                    weights[f"{name}.lora_a"] = torch.zeros(d_in, rank)
+                    weights[f"{name}.lora_b"] = torch.zeros(rank, d_out)
+    return weights

@@ -71,10 +71,22 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def _write_files(out: Path, files: dict[str, Iterable[dict]]) -> dict[str, int]:
-    """Write each named JSONL file under `out`; returns the row count of each."""
+def _write_prepared(out: Path, files: dict[str, Iterable[dict]], *, task: str, source: str, full: bool, seed: int,
+                    dupes: int, leaks: int) -> PrepResult:
+    """Each named JSONL file under `out`, then `data_config.yaml` saying where they came from and what was
+    dropped."""
     out.mkdir(parents=True, exist_ok=True)
-    return {name: _write_jsonl(out / name, rows) for name, rows in files.items()}
+    counts = {name: _write_jsonl(out / name, rows) for name, rows in files.items()}
+    config = {"task": task, "source": source, "full": full, "seed": seed, "files": counts,
+              "dropped": {"exact_duplicates": dupes, "test_overlap": leaks}}
+    (out / "data_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return PrepResult(out, counts, dupes, leaks)
+
+
+def _split(rows: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """(the first `fraction` of the rows, at least one; the rest): a held-out split of shuffled rows."""
+    n = max(1, int(len(rows) * fraction))
+    return rows[:n], rows[n:]
 
 
 def _dedupe(rows: list[dict], key_of, exclude: set[str]) -> tuple[list[dict], int, int]:
@@ -157,8 +169,7 @@ def prepare_math(source: str, out: Path, full: bool = False, limit: int | None =
     train = train[:cap] if cap else train
     if test_limit:
         test = test[:test_limit]
-    n_val = max(1, int(len(train) * val_fraction))
-    val, train = train[:n_val], train[n_val:]
+    val, train = _split(train, val_fraction)
 
     def sft(r: dict) -> dict:
         return {"messages": math_prompt(r["question"]) + [
@@ -172,16 +183,14 @@ def prepare_math(source: str, out: Path, full: bool = False, limit: int | None =
     def prompt_row(r: dict) -> dict:
         return {"prompt": math_prompt(r["question"]), "answer": r["answer"]}
 
-    counts = _write_files(out, {
+    return _write_prepared(out, {
         "sft_train.jsonl": map(sft, train),
         "sft_val.jsonl": map(sft, val),
         "preference_pairs.jsonl": map(pair, train),
         "preference_pairs_val.jsonl": map(pair, val),
         "grpo_prompts.jsonl": map(prompt_row, train),
         "gsm8k_test.jsonl": map(prompt_row, test),
-    })
-    _write_config(out, "math", source, full, seed, counts, dupes + test_dupes, leaks)
-    return PrepResult(out, counts, dupes + test_dupes, leaks)
+    }, task="math", source=source, full=full, seed=seed, dupes=dupes + test_dupes, leaks=leaks)
 
 
 # ------------------------------------------------------------------------------ translation
@@ -229,8 +238,7 @@ def prepare_translation(source: str, out: Path, full: bool = False, limit: int |
     rows, dupes, _ = _dedupe(rows, lambda r: _key(r["ko"]), set())
     rng.shuffle(rows)
     if test is None:
-        n_test = max(1, int(len(rows) * test_fraction))
-        test_rows, rows = rows[:n_test], rows[n_test:]
+        test_rows, rows = _split(rows, test_fraction)
     else:
         test_rows, test_dupes, _ = _dedupe([{"ko": k, "en": e} for k, e in test], lambda r: _key(r["ko"]), set())
         dupes += test_dupes
@@ -240,8 +248,7 @@ def prepare_translation(source: str, out: Path, full: bool = False, limit: int |
     rows = rows[:cap] if cap else rows
     if test_limit:
         test_rows = test_rows[:test_limit]
-    n_val = max(1, int(len(rows) * val_fraction))
-    val, train = rows[:n_val], rows[n_val:]
+    val, train = _split(rows, val_fraction)
 
     def sft(r: dict) -> dict:
         return {"messages": translation_prompt(r["ko"]) + [{"role": "assistant", "content": r["en"]}]}
@@ -249,21 +256,12 @@ def prepare_translation(source: str, out: Path, full: bool = False, limit: int |
     def prompt_row(r: dict) -> dict:
         return {"prompt": translation_prompt(r["ko"]), "answer": r["en"]}
 
-    counts = _write_files(out, {
+    return _write_prepared(out, {
         "train.jsonl": map(sft, train),
         "val.jsonl": map(sft, val),
         "grpo_prompts.jsonl": map(prompt_row, train),
         "test.jsonl": map(prompt_row, test_rows),
-    })
-    _write_config(out, "translation", source, full, seed, counts, dupes, leaks)
-    return PrepResult(out, counts, dupes, leaks)
-
-
-def _write_config(out: Path, task: str, source: str, full: bool, seed: int, counts: dict[str, int],
-                  dupes: int, leaks: int) -> None:
-    config = {"task": task, "source": source, "full": full, "seed": seed, "files": counts,
-              "dropped": {"exact_duplicates": dupes, "test_overlap": leaks}}
-    (out / "data_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    }, task="translation", source=source, full=full, seed=seed, dupes=dupes, leaks=leaks)
 
 
 # ------------------------------------------------------------------------------------ the demo
