@@ -21,7 +21,7 @@ def _parse_gpu(gpu: str | None) -> tuple[str | None, int | None]:
         return None, None
     name, _, count = gpu.partition(":")
     if not name or (count and not count.isdigit()):
-        raise BadInput(f"--gpus {gpu!r}: expected NAME or NAME:COUNT (e.g. A100-80GB:1)")
+        raise BadInput(f"--gpu {gpu!r}: expected NAME or NAME:COUNT (e.g. A100-80GB:1)")
     return name, int(count) if count else None
 
 
@@ -124,7 +124,7 @@ def gpus_command(
     config: Path | None = typer.Argument(None, metavar="CONFIG",
                                          help="job spec: only the GPUs it fits, with the whole job's cost"),
     overrides: list[str] | None = overrides_argument(),
-    gpu: str | None = typer.Option(None, "--gpus", help="NAME[:COUNT], e.g. A100-80GB:1"),
+    gpu: str | None = typer.Option(None, "--gpu", help="NAME[:COUNT], e.g. A100-80GB:1"),
     spot: bool | None = typer.Option(None, "--spot/--on-demand", help="default: both (a spec: its use_spot)"),
     clouds: list[str] | None = typer.Option(None, "--clouds", help="lambda, aws, runpod, vast (repeatable)"),
     max_price: float | None = typer.Option(None, "--max-price", help="$/h ceiling"),

@@ -164,6 +164,9 @@ def run_preflight(config: Path | None, spec: JobSpec | None = None, spec_dir: Pa
     elif spec.resources.accelerators:
         report.add("accelerators", "ok", spec.resources.accelerators)
 
+    if cloud and report.failed:  # bad input first: nothing leaves this machine until the spec and data pass
+        cloud = False
+        report.add("store and clouds", "warn", "not checked: fix the failed checks first")
     uri = spec.store.uri
     if not uri.startswith("s3://"):
         report.add("store", "fail", f"store.uri {uri} is a local folder: a cloud machine cannot reach it; "

@@ -159,8 +159,6 @@ def validate(
         raise BadInput("give either CONFIG or --data FILE --kind KIND")
     if data is not None and kind is None:
         raise BadInput("--data needs --kind sft|dpo|grpo|test")
-    if data is not None and overrides:
-        raise BadInput("KEY=VALUE overrides apply to a CONFIG, not to --data")
     progress = Progress(TextColumn("validating"), BarColumn(), TextColumn("{task.completed} rows"),
                         TimeElapsedColumn(), console=err, transient=True, disable=as_json)
     with progress:

@@ -135,7 +135,7 @@ def test_launch_dry_run_cli(catalog, tmp_path):
 def test_gpus_cli_json_and_filters(catalog):
     from jobs.cli import app
 
-    result = CliRunner().invoke(app, ["gpus", "--gpus", "A100-80GB", "--on-demand", "--clouds", "runpod",
+    result = CliRunner().invoke(app, ["gpus", "--gpu", "A100-80GB", "--on-demand", "--clouds", "runpod",
                                       "--clouds", "vast", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
