@@ -5,7 +5,7 @@ A pure function of the spec (no mlx, no torch): `ft validate` prints its rows.
 
 from __future__ import annotations
 
-from trainer.spec import JobSpec, SFTStage
+from trainer.spec import JobSpec, PrototypeSpec, SFTStage
 
 Row = tuple[str, str, str, str | None]  # (setting, MLX value, GPU value, warning or None)
 
@@ -20,11 +20,17 @@ def prototype_mapping(spec: JobSpec) -> list[Row]:
     proto = spec.prototype
     if proto is None:
         return []
-    lora = spec.finetune.lora
     sft = next((s for s in spec.stages if isinstance(s, SFTStage)), None)
+    rows = _model_rows(spec, proto) + _lora_rows(spec) + [_layers_row(spec, proto, sft)]
+    if sft is None:
+        return rows + [("training", f"{proto.iters} iterations of SFT", "no sft stage",
+                        "the prototype runs SFT but the job has no sft stage to compare it with")]
+    return rows + _training_rows(spec, proto, sft)
+
+
+def _model_rows(spec: JobSpec, proto: PrototypeSpec) -> list[Row]:
     method = spec.finetune.method
     rows: list[Row] = []
-
     gpu_method = {"lora": "LoRA", "qlora": f"QLoRA ({spec.finetune.quantization.quant_type} 4-bit base)",
                   "full": "full fine-tuning"}[method]
     quantized = any(s in proto.model.lower() for s in ("4bit", "8bit", "3bit", "-4b", "mxfp4"))
@@ -37,8 +43,13 @@ def prototype_mapping(spec: JobSpec) -> list[Row]:
         quant_warn = (f"MLX trains against affine-quantized weights, the GPU base is {gpu_weights}: the adapter "
                       "transfers, but outputs differ slightly")
     rows.append(("model", proto.model, spec.model.base, quant_warn))
+    return rows
 
-    # LoRA shape: the same numbers drive both sides.
+
+def _lora_rows(spec: JobSpec) -> list[Row]:
+    """The LoRA shape: the same numbers drive both sides."""
+    lora = spec.finetune.lora
+    rows: list[Row] = []
     rows.append(("rank", str(lora.r), f"r={lora.r}", None))
     rows.append(("alpha", f"scale {_g(lora.alpha / lora.r)} (= alpha / rank)", f"lora_alpha={_g(lora.alpha)}", None))
     rows.append(("dropout", _g(lora.dropout), f"lora_dropout={_g(lora.dropout)}", None))
@@ -51,9 +62,12 @@ def prototype_mapping(spec: JobSpec) -> list[Row]:
                      "target_modules=[" + ", ".join(names) + "]",
                      f"{', '.join(outside)}: outside the blocks; mlx-lm adapts it only as a plain linear layer"
                      if outside else None))
+    return rows
 
-    # Layers: MLX adapts the last N blocks only.
-    wanted = lora.layers_to_transform
+
+def _layers_row(spec: JobSpec, proto: PrototypeSpec, sft: SFTStage | None) -> Row:
+    """MLX adapts the last N blocks only."""
+    wanted = spec.finetune.lora.layers_to_transform
     n = proto.num_layers
     mlx_layers = "all blocks" if n == -1 else f"the last {n} blocks"
     if wanted:
@@ -63,20 +77,17 @@ def prototype_mapping(spec: JobSpec) -> list[Row]:
                 f"MLX adapts a run of last blocks only; {wanted} is not one (the prototype uses {mlx_layers})")
         if suffix:
             mlx_layers = f"the last {len(wanted)} blocks (from layers_to_transform)"
-        rows.append(("layers", mlx_layers, gpu_layers, warn))
-    else:
-        warn = None
-        if n != -1:
-            warn = (f"the prototype adapts {mlx_layers}, the GPU run all blocks"
-                    + ("; init_adapter: prototype starts those from the prototype and the rest from zero"
-                       if sft and sft.init_adapter == "prototype" else ""))
-        rows.append(("layers", mlx_layers, "all blocks", warn))
+        return ("layers", mlx_layers, gpu_layers, warn)
+    warn = None
+    if n != -1:
+        warn = (f"the prototype adapts {mlx_layers}, the GPU run all blocks"
+                + ("; init_adapter: prototype starts those from the prototype and the rest from zero"
+                   if sft and sft.init_adapter == "prototype" else ""))
+    return ("layers", mlx_layers, "all blocks", warn)
 
-    if sft is None:
-        rows.append(("training", f"{proto.iters} iterations of SFT", "no sft stage",
-                     "the prototype runs SFT but the job has no sft stage to compare it with"))
-        return rows
 
+def _training_rows(spec: JobSpec, proto: PrototypeSpec, sft: SFTStage) -> list[Row]:
+    rows: list[Row] = []
     steps = f"max_steps={sft.max_steps}" if sft.max_steps > 0 else f"epochs={_g(sft.epochs)}"
     rows.append(("steps", f"iters={proto.iters}", steps, None))
     gpu_batch = sft.per_device_train_batch_size * sft.gradient_accumulation_steps
@@ -105,7 +116,7 @@ def prototype_mapping(spec: JobSpec) -> list[Row]:
     rows.append(("prompt masking", f"mask_prompt={str(proto.mask_prompt).lower()} (loss on the last turn only)",
                  f"assistant_only_loss={str(sft.assistant_only_loss).lower()}", mask_warn))
     rows.append(("precision", "fp32 on CPU / model dtype on Apple silicon",
-                 f"dtype={spec.model.dtype}" + (" (4-bit base)" if method == "qlora" else ""), None))
+                 f"dtype={spec.model.dtype}" + (" (4-bit base)" if spec.finetune.method == "qlora" else ""), None))
     rows.append(("evaluation", f"{proto.eval_samples} test items, base vs adapter (greedy)",
                  f"{spec.evaluation.limit} test items", None))
     rows.append(("start GPU SFT from the prototype", "outputs/mlx/<job>/peft_adapter → bundle prototype/adapter",

@@ -150,6 +150,49 @@ class TokenCounter:
         return [next(counted) if len(t) <= LONG_TEXT else self._count_long(t) for t in texts]
 
 
+class _Lengths:
+    """Token lengths of a file's rows, counted in batches into its report; truncation is reported once
+    per file (a long tail of rows is a setting, not many problems)."""
+
+    def __init__(self, report: FileReport, tokenizer: Any, max_length: int | None):
+        self.report, self.max_length = report, max_length
+        self.counter = TokenCounter(tokenizer, max_length) if tokenizer is not None else None
+        self.pending: list[tuple[int, list[dict] | str]] = []
+        self.truncated_lines: list[int] = []  # the first five
+
+    def add(self, number: int, conversation: list[dict] | str) -> bool:
+        """Queue one row; True when a batch was counted."""
+        self.pending.append((number, conversation))
+        if len(self.pending) < BATCH:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if not pending or self.counter is None:
+            return
+        r = self.report
+        for (number, _), n in zip(pending, self.counter.lengths([c for _, c in pending]), strict=True):
+            r.token_min = n if r.token_min is None else min(r.token_min, n)
+            r.token_max = n if r.token_max is None else max(r.token_max, n)
+            r.token_sum += n
+            r.token_counted += 1
+            if self.max_length and n > self.max_length:
+                r.truncated += 1
+                if len(self.truncated_lines) < 5:
+                    self.truncated_lines.append(number)
+
+    def finish(self) -> None:
+        self.flush()
+        r, shown = self.report, self.truncated_lines
+        if r.truncated:
+            share = 100 * r.truncated / max(r.token_counted, 1)
+            r.add(shown[0], "warning",
+                  f"{r.truncated} rows ({share:.1f}%) exceed max_length {self.max_length} tokens and would be "
+                  f"truncated (lines {', '.join(map(str, shown))}{', …' if r.truncated > 5 else ''})")
+
+
 def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: int | None = None,
                   answer_parser: Callable[[str], Any] | None = None, test_prompts: set[bytes] | None = None,
                   display: str | None = None, on_progress: Callable[[int], None] | None = None) -> FileReport:
@@ -158,27 +201,9 @@ def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: 
     if not path.is_file():
         report.add(None, "error", "file not found")
         return report
-    counter = TokenCounter(tokenizer, max_length) if tokenizer is not None else None
+    lengths = _Lengths(report, tokenizer, max_length)
     shapes = RowShapes()
     seen: dict[bytes, int] = {}
-    truncated_lines: list[int] = []
-    pending: list[tuple[int, list[dict] | str]] = []
-
-    def flush() -> None:
-        if not pending or counter is None:
-            pending.clear()
-            return
-        for (number, _), n in zip(pending, counter.lengths([c for _, c in pending]), strict=True):
-            report.token_min = n if report.token_min is None else min(report.token_min, n)
-            report.token_max = n if report.token_max is None else max(report.token_max, n)
-            report.token_sum += n
-            report.token_counted += 1
-            if max_length and n > max_length:
-                report.truncated += 1
-                if len(truncated_lines) < 5:
-                    truncated_lines.append(number)
-        pending.clear()
-
     done = 0
     with open(path, "rb") as probe:
         if probe.read(3) == b"\xef\xbb\xbf":
@@ -195,22 +220,13 @@ def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: 
             report.add(number, "warning", f"exact duplicate of line {seen[digest]}")
         else:
             seen[digest] = number
-        if test_prompts is not None and kind != "test":
-            if _digest(prompt_text(row)) in test_prompts:
-                report.overlap += 1
-                report.add(number, "error", "this prompt is also in the test set (test item leaks into train)")
-        pending.append((number, conversation(row, kind)))
-        if len(pending) >= BATCH:
-            flush()
-            if on_progress:
-                on_progress(number - done)
-                done = number
-    flush()
-    if report.truncated:  # one finding per file: a long tail of rows is a setting, not many problems
-        share = 100 * report.truncated / max(report.token_counted, 1)
-        report.add(truncated_lines[0], "warning",
-                   f"{report.truncated} rows ({share:.1f}%) exceed max_length {max_length} tokens and would be "
-                   f"truncated (lines {', '.join(map(str, truncated_lines))}{', …' if report.truncated > 5 else ''})")
+        if test_prompts is not None and kind != "test" and _digest(prompt_text(row)) in test_prompts:
+            report.overlap += 1
+            report.add(number, "error", "this prompt is also in the test set (test item leaks into train)")
+        if lengths.add(number, conversation(row, kind)) and on_progress:
+            on_progress(number - done)
+            done = number
+    lengths.finish()
     if report.rows == 0:
         report.add(None, "error", "no rows")
     return report
