@@ -52,7 +52,7 @@ def run(
     if dry_run:
         print(" ".join(["python", "-m", "trainer", *argv]))
         return
-    from trainer.run import main
+    from trainer.pipeline import main
 
     raise typer.Exit(main(argv))
 
@@ -69,7 +69,7 @@ def demo(
     writes the report. Run it again and the finished stages are skipped.
     """
     from mac.freeze import FreezeRefused, freeze
-    from trainer.run import run_bundle
+    from trainer.pipeline import run_bundle
 
     if not DEMO_CONFIG.is_file() or not DEMO_SAMPLE.is_dir():
         raise BadInput(f"{DEMO_CONFIG} or {DEMO_SAMPLE} not found: run `ft demo` (or `make demo`) from the "
@@ -125,7 +125,7 @@ def demo(
         f"store     {layout.store.uri}\nrun       {layout.store.url(layout.root)}\nreport    {report_uri}\n"
         f"bundle    {bundle.path}\ntook      {time.time() - started:.0f} s\n\n"
         "A 135M model after a handful of CPU steps is not expected to solve GSM8K: the demo shows the flow.\n"
-        f"Next: ft eval {layout.store.url(layout.root)} --task gsm8k · ft merge … · ft launch configs/math_gsm8k.yaml",
+        f"Next: ft eval run {layout.store.url(layout.root)} · ft merge … · ft launch configs/math_gsm8k.yaml",
         title="done"))
 
 

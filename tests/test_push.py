@@ -50,7 +50,9 @@ def test_push_dry_run_adapter_folder_and_card(run: tuple[Path, Path, str], tmp_p
     assert f"run `{run_id}`" in card.text
     assert yaml.safe_load((out / "ft_spec.yaml").read_text())["name"] == "eval-test"
     assert json.loads((out / "eval_comparison.json").read_text())["rows"][0]["stage"] == "sft"
-    # What gets uploaded is a working adapter.
+    # The adapter names no folder of this machine as its base (a local base has no Hub id) ...
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    # ... and what gets uploaded is a working adapter.
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
 
 

@@ -470,7 +470,12 @@ def test_flash_attention_without_cuda_is_a_clear_bad_input(tmp_path, math_data, 
     bundle = _variant(tmp_path, math_data, tiny_model_dir, "lora", attn="flash_attention_2")
     result = run_trainer(bundle, tmp_path / "store", "fa", tmp_path)
     assert result.returncode == 2
-    assert "flash_attention_2 needs CUDA" in result.stderr
+    assert "flash_attention_2 needs CUDA" in result.stderr and "Traceback" not in result.stderr
+    # A start that fails writes no run record: nothing for `ft eval` / `ft status` to trip over later.
+    assert not (tmp_path / "store/runs/fa/run.json").exists()
+    unknown = run_trainer(bundle, tmp_path / "store", "ppo", tmp_path, "--stage", "ppo")
+    assert unknown.returncode == 2 and "--stage ppo: no such stage" in unknown.stderr
+    assert not (tmp_path / "store/runs/ppo").exists()
 
 
 @pytest.mark.integration

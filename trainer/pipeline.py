@@ -176,7 +176,6 @@ def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, 
             cost.touch_attempt(entry)
             run.write_record(record)
 
-    bill()
     preemption = PreemptionCallback(guard, stage.save_every_minutes)
     callbacks = [MetricsCallback(metrics_file, name), preemption,
                  StoreCheckpointCallback(run, name, output_dir, stage.save_total_limit, metrics_file,
@@ -193,6 +192,7 @@ def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, 
     recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
     started = time.time()
     trainer = recipe.build(ctx)
+    bill()  # written once the stage could start: a start that fails (a missing model) leaves no record
     make_resume_exact(trainer)
     if resume and finished(resume):
         # Preempted after the last checkpoint but before the final upload.
@@ -268,7 +268,7 @@ def _run_stages(run: Run, bundle: Bundle, bundle_uri: str, stage: str | None, st
 
     record["cost"] = {**record.get("cost", {}), **cost.cost_record(instance, price, budget)}
     record["price_per_hour"] = price
-    if state.is_main_process:
+    if state.is_main_process and record["stages"]:  # a new run's record is written when its first stage starts
         run.write_record(record)
     previous: str | None = None
     for s in spec.stages:
