@@ -261,7 +261,7 @@ def _register_serve(serve_app: typer.Typer) -> None:
         merged: str = typer.Option(None, "--merged", help="serve this merged model (store URI) instead"),
         image: str = typer.Option(None, "--image", help="vLLM image (default: ft-vllm:<content tag>)"),
         gpu: str = typer.Option(None, "--gpu", help="NAME[:COUNT], e.g. L4:1 (default: the spec's)"),
-        service_name: str = typer.Option(None, "--name", help="service name (default: <job>-<stage>)"),
+        service_name: str = typer.Option(None, "--name", help="service name (default: JOB-STAGE)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the service YAML, launch nothing"),
         store: str | None = STORE_OPT,
     ) -> None:
@@ -300,7 +300,7 @@ def _register_run_tools(app: typer.Typer) -> None:
         merged: bool = typer.Option(False, "--merged", help="push the merged model instead of the adapter"),
         private: bool = typer.Option(False, "--private"),
         license_id: str = typer.Option("apache-2.0", "--license"),
-        out: Path = typer.Option(None, "--out", help="where to build the folder (default outputs/hub/<repo>)"),
+        out: Path = typer.Option(None, "--out", help="where to build the folder (default: outputs/hub/REPO)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="build the folder and card, upload nothing"),
         store: str | None = STORE_OPT,
     ) -> None:

@@ -205,7 +205,7 @@ def run_preflight(config: Path | None, spec: JobSpec | None = None, spec_dir: Pa
     if problem:
         report.add("plan", "fail", problem, EXIT_BAD_INPUT)
     elif not offers:
-        report.add("plan", "warn", "no priced offer in the cached catalogs (`ft gpus --config` shows why); "
+        report.add("plan", "warn", "no priced offer in the cached catalogs (`ft gpus CONFIG` shows why); "
                    "SkyPilot's optimizer will choose among the job YAML's candidates")
     else:
         report.add("plan", "ok", plan_line(offers[0]))
