@@ -250,15 +250,11 @@ def _lora_layers(model: Any) -> list[Any]:
 
 
 def generate_all(model: Any, tokenizer: Any, rows: list[dict], max_tokens: int, progress: Any, label: str) -> list[str]:
-    from mlx_lm import generate
+    from trainer.generation import generate_mlx  # the one place a model writes text
 
-    outs = []
     task = progress.add_task(label, total=len(rows), stats="")
-    for row in rows:
-        prompt = tokenizer.apply_chat_template(row["messages"], add_generation_prompt=True, return_dict=False)
-        outs.append(generate(model, tokenizer, prompt, max_tokens=max_tokens, verbose=False))
-        progress.advance(task)
-    return outs
+    return generate_mlx(model, tokenizer, [r["messages"] for r in rows], max_tokens,
+                        on_each=lambda: progress.advance(task))
 
 
 def score(task: str, preds: list[str], rows: list[dict]) -> dict[str, Any]:
