@@ -301,6 +301,8 @@ def _register_run_tools(app: typer.Typer) -> None:
         private: bool = typer.Option(False, "--private"),
         license_id: str = typer.Option("apache-2.0", "--license"),
         out: Path = typer.Option(None, "--out", help="where to build the folder (default: outputs/hub/REPO)"),
+        base_model_id: str = typer.Option(None, "--base-model-id", help="Hub id of the base, when model.base "
+                                          "is a local folder"),
         dry_run: bool = typer.Option(False, "--dry-run", help="build the folder and card, upload nothing"),
         store: str | None = STORE_OPT,
     ) -> None:
@@ -309,7 +311,8 @@ def _register_run_tools(app: typer.Typer) -> None:
 
         run = _run(run_ref, store)
         folder = out or Path("outputs/hub") / hub.replace("/", "__")
-        prepare_hub_folder(run, stage, folder, hub, merged=merged, license_id=license_id)
+        prepare_hub_folder(run, stage, folder, hub, merged=merged, license_id=license_id,
+                           base_model_id=base_model_id)
         if dry_run:
             console.print(f"folder ready (not uploaded): {folder}")
             for p in sorted(folder.iterdir()):

@@ -32,8 +32,13 @@ def test_push_dry_run_adapter_folder_and_card(run: tuple[Path, Path, str], tmp_p
 
     base, store, run_id = run
     out = tmp_path / "hub"
-    res = CliRunner().invoke(app, ["push", run_id, "--store", str(store), "--hub", "me/eval-test",
-                                   "--stage", "sft", "--dry-run", "--out", str(out)])
+    args = ["push", run_id, "--store", str(store), "--hub", "me/eval-test", "--stage", "sft", "--dry-run",
+            "--out", str(out)]
+    # A local-folder base has no Hub id: an adapter naming it could not be loaded by anyone else.
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "--base-model-id" in refused.output and "Traceback" not in refused.output
+    assert not out.exists()
+    res = CliRunner().invoke(app, [*args, "--base-model-id", "me/tiny-base"])
     assert res.exit_code == 0, res.output
     names = {p.name for p in out.iterdir()}
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "ft_spec.yaml",
@@ -44,14 +49,13 @@ def test_push_dry_run_adapter_folder_and_card(run: tuple[Path, Path, str], tmp_p
     assert card.data.library_name == "peft" and card.data.license == "apache-2.0"
     assert card.data.pipeline_tag == "text-generation"
     assert "lora" in card.data.tags and "sft" in card.data.tags and "dpo" in card.data.tags
-    # A local-folder base has no Hub id to name; the card says which folder instead.
-    assert card.data.base_model is None and str(base) in card.text
+    assert card.data.base_model == "me/tiny-base" and "me/tiny-base" in card.text
     assert "| Stage | GSM8K accuracy | n | source |" in card.text and "| sft | " in card.text
     assert f"run `{run_id}`" in card.text
     assert yaml.safe_load((out / "ft_spec.yaml").read_text())["name"] == "eval-test"
     assert json.loads((out / "eval_comparison.json").read_text())["rows"][0]["stage"] == "sft"
-    # The adapter names no folder of this machine as its base (a local base has no Hub id) ...
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    # The adapter names its base by Hub id, not by a folder of this machine ...
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "me/tiny-base"
     # ... and what gets uploaded is a working adapter.
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out)
 

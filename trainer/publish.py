@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from trainer.errors import BadInput
 from trainer.run import Run, is_adapter
 from trainer.spec import BUILTIN_MODEL
 
@@ -28,14 +29,14 @@ def hub_base_model(base: str) -> str | None:
 
 
 def model_card(run: Run, stage: str, kind: str, license_id: str,
-               comparison: dict[str, Any] | None, repo_id: str) -> str:
+               comparison: dict[str, Any] | None, repo_id: str, hub_base: str | None = None) -> str:
     """README.md with Hub metadata (base model, licence, library, tags) and what produced the model."""
     from trainer.evaluate import comparison_markdown
 
     info = run.info
     spec = info["spec"]
     base = spec["model"]["base"]
-    hub_base = hub_base_model(base)
+    hub_base = hub_base or hub_base_model(base)
     methods = [s["method"] for s in spec["stages"]]
     meta: dict[str, Any] = {
         "license": license_id,
@@ -111,21 +112,26 @@ def model_card(run: Run, stage: str, kind: str, license_id: str,
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + "\n".join(body)
 
 
-def _point_at_hub_base(config_file: Path, base: str) -> None:
+def _point_at_hub_base(config_file: Path, hub_base: str) -> None:
     """PEFT wrote the path the trainer loaded the base from (a cache folder on some machine); on the Hub
-    the adapter must name the base by Hub id, or nothing when the base is a private local folder."""
+    the adapter must name its base by Hub id, or nobody else can load it."""
     config = json.loads(config_file.read_text())
-    config["base_model_name_or_path"] = hub_base_model(base)
+    config["base_model_name_or_path"] = hub_base
     config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def prepare_hub_folder(run: Run, stage: str | None, out_dir: Path, repo_id: str, merged: bool = False,
-                       license_id: str = "apache-2.0") -> Path:
+                       license_id: str = "apache-2.0", base_model_id: str | None = None) -> Path:
     """The folder to upload: adapter files (or the merged model), the tokenizer, README.md (card),
     the resolved spec and the evaluation across stages."""
     info = run.info
     stage = stage or run.last_done_stage()
     source = run.model_dir(stage)
+    base = info["spec"]["model"]["base"]
+    hub_base = base_model_id or hub_base_model(base)
+    if is_adapter(source) and not merged and hub_base is None:
+        raise BadInput(f"model.base {base!r} is a local folder, which nobody loading the adapter from the Hub "
+                       "has: pass --base-model-id ORG/NAME (the Hub id of the same weights), or --merged")
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -138,13 +144,13 @@ def prepare_hub_folder(run: Run, stage: str | None, out_dir: Path, repo_id: str,
         shutil.copytree(source, out_dir, ignore=lambda _d, names: [n for n in names if n in SKIP or n == "ref"])
         kind = "adapter" if is_adapter(source) else "full"
         if kind == "adapter":
-            _point_at_hub_base(out_dir / "adapter_config.json", info["spec"]["model"]["base"])
+            _point_at_hub_base(out_dir / "adapter_config.json", hub_base)
     comparison = run.read_json(run.comparison())
     if comparison is not None:
         (out_dir / "eval_comparison.json").write_text(json.dumps(comparison, indent=2))
     (out_dir / "ft_spec.yaml").write_text(yaml.safe_dump(info["spec"], sort_keys=False, allow_unicode=True))
     (out_dir / "README.md").write_text(
-        model_card(run, stage, kind, license_id, comparison, repo_id), encoding="utf-8"
+        model_card(run, stage, kind, license_id, comparison, repo_id, hub_base), encoding="utf-8"
     )
     return out_dir
 
