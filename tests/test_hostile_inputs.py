@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from spec_texts import math_spec
 from typer.testing import CliRunner
 
 from jobs.cli import app
@@ -101,20 +102,7 @@ DATA_CASES = [
      "sft_train.jsonl:3: error: not valid JSON: Extra data"),
 ]
 
-BASE_SPEC = """name: hostile
-model: {{base: {model}}}
-data:
-  task: math
-  sft_train: data/sft_train.jsonl
-  sft_valid: data/sft_val.jsonl
-  dpo_train: data/preference_pairs.jsonl
-  grpo_train: data/grpo_prompts.jsonl
-  test: data/gsm8k_test.jsonl
-stages:
-  - {{method: sft, max_length: 512}}
-  - {{method: dpo, max_length: 512}}
-  - {{method: grpo, max_length: 512, num_generations: 2}}
-"""
+BASE_SPEC = math_spec("hostile")
 SFT = "{method: sft, max_length: 512}"
 GRPO = "{method: grpo, max_length: 512, num_generations: 2}"
 

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from spec_texts import math_spec
 from typer.testing import CliRunner
 
 from jobs.cli import app
@@ -65,20 +66,7 @@ DATA_CASES = [
     ("empty-file", "sft_val", b"", "sft_val.jsonl: error: no rows"),
 ]
 
-BASE_SPEC = """name: corpus
-model: {{base: {model}}}
-data:
-  task: math
-  sft_train: data/sft_train.jsonl
-  sft_valid: data/sft_val.jsonl
-  dpo_train: data/preference_pairs.jsonl
-  grpo_train: data/grpo_prompts.jsonl
-  test: data/gsm8k_test.jsonl
-stages:
-  - {{method: sft, max_length: 512}}
-  - {{method: dpo, max_length: 512}}
-  - {{method: grpo, max_length: 512, num_generations: 2}}
-"""
+BASE_SPEC = math_spec("corpus")
 
 # (id, spec text or a replacement on BASE_SPEC, expected text)
 SPEC_CASES = [

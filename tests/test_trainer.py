@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from spec_texts import math_spec
 
 from trainer.bundle import write_bundle
 from trainer.spec import load_spec
@@ -26,16 +27,7 @@ SAVE_EVERY = {"sft": 2, "dpo": 1, "dpo-on-policy": 2}
 TR_STEPS = {"sft": 2, "grpo": 3}
 TR_SAVE_EVERY = {"sft": 2, "grpo": 1}
 
-SPEC = """name: tiny
-model: {{base: {model}}}
-data:
-  task: math
-  sft_train: data/sft_train.jsonl
-  sft_valid: data/sft_val.jsonl
-  dpo_train: data/preference_pairs.jsonl
-  grpo_train: data/grpo_prompts.jsonl
-  test: data/gsm8k_test.jsonl
-finetune:
+SPEC = math_spec("tiny", """finetune:
   method: lora
   lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}}
 stages:
@@ -50,7 +42,7 @@ stages:
       logging_steps: 1, save_steps: 2, save_total_limit: 5,
       on_policy: {{prompts: 4, samples_per_prompt: 2, max_new_tokens: 8}}}}
 evaluation: {{task: gsm8k, limit: 2, max_new_tokens: 8}}
-"""
+""")
 
 TRANSLATION_SPEC = """name: tiny-ko-en
 model: {{base: {model}}}
