@@ -1,4 +1,5 @@
-"""The cloud commands: `ft gpus`, `ft preflight`, `ft launch`, `ft status`, `ft logs`, `ft cancel`, `ft fetch`.
+"""The cloud commands: `ft gpus`, `ft preflight`, `ft launch`, `ft status`, `ft runs`, `ft logs`, `ft cancel`,
+`ft fetch`.
 SkyPilot is imported inside the commands only (`import jobs` must not import it). Errors are raised
 (BadInput, LaunchError, store errors) and printed by `ft`'s one error boundary (jobs.cli)."""
 
@@ -290,6 +291,8 @@ def launch_command(
     detach: bool = typer.Option(False, "--detach", help="return once SkyPilot has accepted the job"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
     out: Path = typer.Option(Path("outputs/bundles"), "--out", help="where the bundle is written"),
+    registry: str | None = typer.Option(None, "--registry", help="registry of the GPU image, e.g. ghcr.io/me "
+                                        "(default: $FT_REGISTRY, else ghcr.io/llm-finetuning)"),
 ) -> None:
     """Pre-flight, freeze a bundle and launch it as a managed job on the cheapest GPUs that fit.
 
@@ -299,7 +302,7 @@ def launch_command(
     """
     import yaml
 
-    from jobs import cost, launch, preflight
+    from jobs import cost, images_ref, launch, preflight
     from mac.freeze import freeze
     from trainer.bundle import bundle_key, push_bundle
     from trainer.run import new_run_id
@@ -310,6 +313,8 @@ def launch_command(
             check_name(run_id, "--run-id")
         except ValueError as e:  # check_name's own error: plain ValueError, shared with the trainer
             raise BadInput(str(e)) from None
+    image = images_ref.gpu_image(registry)  # a bad --registry / FT_REGISTRY or docker login fails first
+    images_ref.docker_login(image)
     report, spec, spec_dir, bundle = _launch_target(target, overrides or [], dry_run)
     _refuse_unless_ready(report, dry_run)
     if stage and stage != "eval":
@@ -325,12 +330,16 @@ def launch_command(
     run_id = run_id or new_run_id(spec.name)
     offers = report.offers
     _print_plan(spec, spec_dir, offers)
-    cfg = launch.build_task_config(spec, bundle_uri, run_id, offers, stage)
+    cfg = launch.build_task_config(spec, bundle_uri, run_id, offers, stage, image=image)
     cfg.setdefault("envs", {}).update(cost.trainer_envs(offers[: launch.MAX_CANDIDATES], spec.resources.max_cost_usd))
+    secrets = launch.local_secrets(cfg)
     try:
-        launch.to_task(cfg)  # SkyPilot's own validation, also on --dry-run
+        launch.to_task(cfg, secrets)  # SkyPilot's own validation, also on --dry-run
     except Exception as e:  # noqa: BLE001 - SkyPilot's schema errors: one line, bad input
         raise BadInput(f"SkyPilot refused the task: {launch.sky_reason(e)}") from None
+    console.print(f"image:   {escape(image)} (registry: {images_ref.registry_source(registry)})", highlight=False)
+    console.print(f"secrets: {', '.join(sorted(secrets)) or 'none set here'} (SkyPilot secrets; values never "
+                  "printed)", highlight=False)
     if dry_run:
         print(yaml.safe_dump(cfg, sort_keys=False, width=200))
         return
@@ -346,12 +355,64 @@ def launch_command(
                   f"ft cancel {run_id}", highlight=False, markup=False)
 
 
-def status_command(all_users: bool = typer.Option(False, "--all-users"),
-                   as_json: bool = typer.Option(False, "--json", help="the rows as JSON")) -> None:
-    """Managed jobs started by `ft launch` (and any other) with their state.
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.0f} days"
 
-    Exit 0 (also with no jobs), 2 when SkyPilot refuses, 75 when its API server cannot be reached.
-    """
+
+def _money(value: float | None) -> str:
+    return "unknown" if value is None else f"${value:,.2f}"
+
+
+def _step_cell(step: int | None, max_steps: int | None) -> str:
+    if step is None:
+        return ""
+    return f"{step}/{max_steps}" if max_steps else str(step)
+
+
+def _state_cell(state: str) -> str:
+    color = {"done": "green", "running": "cyan", "interrupted": "yellow", "stopped_budget": "yellow"}.get(state)
+    return f"[{color}]{escape(state)}[/]" if color else escape(state)
+
+
+def _print_run_status(view) -> None:
+    console.print(f"run [bold]{escape(view.run_id)}[/]: {_state_cell(view.state)} · started {view.started or '?'} · "
+                  f"{_money(view.cost_usd)} so far · {escape(view.url)}", highlight=False, soft_wrap=True)
+    if view.trainer is not None:
+        t = view.trainer
+        when = "" if t.expires_in_s is None else (f", lease expires in {_ago(t.expires_in_s)}" if t.alive else
+                                                  f", lease expired {_ago(-t.expires_in_s)} ago")
+        console.print(f"trainer: {escape(str(t.holder))} ({'alive' if t.alive else 'not renewing'}{when})",
+                      highlight=False, soft_wrap=True)
+    if view.job is not None:
+        console.print(f"managed job: {escape(view.job)}", highlight=False, soft_wrap=True)
+    table = Table(header_style="bold")
+    for col in ("stage", "method", "state", "step", "loss", "reward", "steps/s", "ETA", "checkpoint", "age", "$"):
+        table.add_column(col, justify="right" if col in ("step", "loss", "reward", "steps/s", "ETA", "age", "$")
+                         else "left")
+    bases: set[str] = set()
+    for s in view.stages:
+        if s.checkpoint_age_basis:
+            bases.add(s.checkpoint_age_basis)
+        table.add_row(s.name, s.method or "", _state_cell(s.state), _step_cell(s.step, s.max_steps),
+                      f"{s.loss:.4f}" if s.loss is not None else "", f"{s.reward:.3f}" if s.reward is not None else "",
+                      f"{s.steps_per_s:.3g}" if s.steps_per_s else "", _ago(s.eta_s),
+                      str(s.last_checkpoint) if s.last_checkpoint is not None else "", _ago(s.checkpoint_age_s),
+                      "" if s.state == "not started" else _money(s.cost_usd))
+    _print_table(table)
+    rates = sorted({s.rate_basis for s in view.stages if s.rate_basis})
+    notes = ([f"steps/s: {'; '.join(rates)}"] if rates else []) + (
+        [f"checkpoint age: {'; '.join(sorted(bases))}"] if bases else [])
+    for note in notes:
+        console.print(f"[dim]{escape(note)}[/]", highlight=False, soft_wrap=True)
+
+
+def _managed_jobs(all_users: bool, as_json: bool) -> None:
     from jobs import launch
 
     rows = launch.status(all_users)
@@ -359,7 +420,7 @@ def status_command(all_users: bool = typer.Option(False, "--all-users"),
         print(json.dumps(rows, indent=2, default=str))
         return
     if not rows:
-        console.print("no managed jobs (`ft launch CONFIG` starts one)")
+        console.print("no managed jobs (`ft launch CONFIG` starts one; `ft runs` lists the runs in the store)")
         return
     table = Table(header_style="bold")
     for col in ("id", "name", "status", "resources", "recoveries", "submitted"):
@@ -370,17 +431,119 @@ def status_command(all_users: bool = typer.Option(False, "--all-users"),
     _print_table(table)
 
 
-def logs_command(run: str = typer.Argument(..., help="run id"),
-                 follow: bool = typer.Option(True, "--follow/--no-follow")) -> None:
-    """Stream a run's managed-job log.
+def status_command(
+    run: str | None = typer.Argument(None, metavar="[RUN]",
+                                     help="run id, STORE/runs/ID or s3://…/runs/ID: its stages from the store"),
+    store: str | None = store_option(),
+    watch: bool = typer.Option(False, "--watch", help="refresh until the run is done (Ctrl-C stops, exit 0)"),
+    interval: float = typer.Option(10.0, "--interval", min=0.0, help="seconds between refreshes with --watch"),
+    job: bool = typer.Option(True, "--job/--no-job", help="ask SkyPilot for the managed job's state"),
+    all_users: bool = typer.Option(False, "--all-users", help="without RUN: every user's managed jobs"),
+    as_json: bool = typer.Option(False, "--json", help="as JSON (with --watch: one object a line)"),
+) -> None:
+    """A run's progress from the store, or (without RUN) the managed jobs SkyPilot knows.
 
-    Exit 0 streamed, 1 the job failed, 2 no such job, 75 SkyPilot unreachable.
+    With RUN, per stage: state, step/max_steps, latest loss or reward, steps/s, ETA, the last checkpoint
+    and its age, $ so far; and the managed job's state when SkyPilot can be asked (otherwise "job state
+    unknown: …"). Reads only the store, so it works for a run on any cloud or a local one. Exit 0 shown
+    (also with no managed jobs), 2 no such run or SkyPilot refused (without RUN), 75 the store or
+    SkyPilot's API server unreachable.
+    """
+    from jobs import run_view
+
+    if run is None:
+        if watch:
+            raise BadInput("--watch needs a RUN (`ft runs` lists them)")
+        _managed_jobs(all_users, as_json)
+        return
+    target = run_view.open_run(run, resolve_store(store))
+    job_state = run_view.managed_job_state if job else None
+
+    def show() -> bool:
+        view = run_view.run_status(target, job_state=job_state)
+        if as_json:
+            print(json.dumps(view.as_dict(), indent=None if watch else 2), flush=True)
+        else:
+            if watch and console.is_terminal:
+                console.clear()
+            _print_run_status(view)
+        return view.finished
+
+    if not watch:
+        show()
+        return
+    try:
+        run_view.watch(show, interval, sleep=run_view.SLEEP)
+    except KeyboardInterrupt:
+        console.print("[dim]stopped watching[/]")
+
+
+def runs_command(
+    store: str | None = store_option("the store to list (default: $FT_STORE, else ./outputs/store)"),
+    as_json: bool = typer.Option(False, "--json", help="the rows as JSON"),
+    limit: int = typer.Option(50, "--limit", help="rows shown, newest first (0: all)"),
+) -> None:
+    """The runs in the store, newest first: stages done, the current stage and step, state, started, $ so far.
+
+    Exit 0 (also with no runs), 2 a bad store (missing bucket, no credentials), 75 the store unreachable.
+    """
+    from jobs import run_view
+    from trainer.store import open_store
+
+    uri = resolve_store(store)
+    rows = run_view.list_runs(open_store(uri))
+    shown = rows[:limit] if limit else rows
+    if as_json:
+        print(json.dumps([r.as_dict() for r in shown], indent=2))
+        return
+    if not rows:
+        console.print(f"no runs in {escape(uri)} (`ft launch CONFIG` or `ft run BUNDLE` starts one)", highlight=False)
+        return
+    table = Table(header_style="bold")
+    for col in ("run", "stages done", "current stage", "step", "state", "started", "$ so far"):
+        table.add_column(col, justify="right" if col in ("stages done", "step", "$ so far") else "left")
+    for r in shown:
+        table.add_row(r.run_id, f"{r.stages_done}/{r.stages_total}", r.current_stage or "",
+                      _step_cell(r.step, r.max_steps), _state_cell(r.state), r.started or "", _money(r.cost_usd))
+    _print_table(table)
+    if len(shown) < len(rows):
+        console.print(f"[dim]{len(rows) - len(shown)} more (--limit 0 shows all)[/]")
+
+
+def logs_command(run: str = typer.Argument(..., help="run id (or STORE/runs/ID, s3://…/runs/ID)"),
+                 follow: bool = typer.Option(True, "--follow/--no-follow"),
+                 store: str | None = store_option()) -> None:
+    """Follow a run's managed-job log.
+
+    Exit 0 streamed (or Ctrl-C), 1 the job failed, 2 no managed job `ft-RUN` (a local run has none: its
+    output went to its terminal; `ft status RUN` shows its progress from the store), 75 SkyPilot's API
+    server unreachable.
     """
     from jobs import launch
+    from jobs.run_view import open_run
+    from trainer.run import Run
 
-    code = launch.logs(run, follow)
+    try:
+        run_id = Run.from_ref(run).run_id
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    try:
+        code = launch.logs(run_id, follow)
+    except KeyboardInterrupt:
+        return
+    except ImportError as e:
+        raise BadInput(f"cannot read the job log of {run_id}: SkyPilot is not installed ({e.name}); "
+                       f"`ft status {run_id}` shows its progress from the store") from None
+    except launch.LaunchError as e:
+        if not e.retryable and e.reason.startswith("no managed job"):
+            try:
+                where = f"the store has run {run_id} at {open_run(run, resolve_store(store)).url()}"
+            except Exception:  # noqa: BLE001 - a hint only: the store may be out of reach too
+                where = "nor does the store show it"
+            raise launch.LaunchError(f"{e.reason}; {where}: `ft status {run_id}` shows its progress") from None
+        raise
     if code:
-        fail(f"managed job {launch.job_name(run)} ended with SkyPilot exit code {code}", EXIT_FAILED)
+        fail(f"managed job {launch.job_name(run_id)} ended with SkyPilot exit code {code}", EXIT_FAILED)
 
 
 def cancel_command(run: str = typer.Argument(..., help="run id")) -> None:
@@ -414,6 +577,7 @@ def register(app: typer.Typer) -> None:
     app.command("preflight")(preflight_command)
     app.command("launch")(launch_command)
     app.command("status")(status_command)
+    app.command("runs")(runs_command)
     app.command("logs")(logs_command)
     app.command("cancel")(cancel_command)
     app.command("fetch")(fetch_command)
