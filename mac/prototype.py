@@ -53,7 +53,7 @@ def resolve_model(spec: JobSpec, spec_dir: Path) -> str:
         path = path.resolve()
         return str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
     if name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
-        hint = f"ft mac convert {spec.model.base} {path}"
+        hint = f"ft model convert {spec.model.base} --out {path}"
         raise PrototypeError(f"prototype.model: {path} does not exist; make it with:  {hint}")
     return name
 
@@ -128,7 +128,7 @@ def memory_advice(proto: PrototypeSpec, model: str) -> list[str]:
         tips.append(f"prototype.max_seq_length: {proto.max_seq_length} → {proto.max_seq_length // 2} "
                     "(longer examples get truncated)")
     if "4bit" not in model.lower() and "-4b" not in model.lower():
-        tips.append("a 4-bit model: `ft mac convert MODEL OUT --quantize 4`, or an mlx-community …-4bit id")
+        tips.append("a 4-bit model: `ft model convert MODEL --out OUT --quantize 4`, or an mlx-community …-4bit id")
     return tips
 
 

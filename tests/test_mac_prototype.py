@@ -1,5 +1,5 @@
 """`ft prototype` with mlx-lm on this CPU: a few iterations on the tiny model (in-process) and on the
-converted SmolLM2 (as a user runs it: `ft mac convert`, `ft prototype`, in subprocesses with OpenBLAS
+converted SmolLM2 (as a user runs it: `ft model convert`, `ft prototype`, in subprocesses with OpenBLAS
 preloaded), then the bundle carrying the PEFT-converted adapter, which reproduces the MLX logits."""
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def test_cli_prototype_and_bad_inputs(tiny, tmp_path):
 
     missing = write_spec(tmp_path / "m", "../models/none", str(hf))
     r = CliRunner().invoke(app, ["prototype", str(missing)])
-    assert r.exit_code == 1 and "ft mac convert" in r.output
+    assert r.exit_code == 2 and "ft model convert" in r.output  # a PrototypeError is bad input
     with pytest.raises(PrototypeError, match="fewer than prototype.batch_size"):
         run_prototype(load_spec(write_spec(tmp_path / "b", str(mlx), str(hf), batch_size=16)), tmp_path / "b",
                       console=quiet())
@@ -159,7 +159,7 @@ def test_smollm2_prototype_bundle_reproduces_mlx_logits(tmp_path):
     from trainer import builtin_model as builtin
     from trainer.bundle import verify_bundle, write_bundle
 
-    out = _run([FT, "mac", "convert", "builtin:smollm2-135m", "models/smollm2-135m"], tmp_path)
+    out = _run([FT, "model", "convert", "builtin:smollm2-135m", "--out", "models/smollm2-135m"], tmp_path)
     assert "rope_theta = 100000" in out
     spec_path = write_spec(tmp_path / "job", "../models/smollm2-135m", "builtin:smollm2-135m", name="smol-proto",
                            batch_size=1, num_layers=2, learning_rate=1e-3, max_seq_length=128, val_batches=1,
