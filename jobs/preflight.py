@@ -1,7 +1,9 @@
 """`ft preflight CONFIG`, and the checks `ft launch` runs before it spends anything: the spec and its
 data (the same validation as `ft validate`), the accelerator names against the catalogs, the store
 reachable and writable from here (a tiny object written, read back and removed), the clouds `sky check`
-enabled (its cached result; no provider is called), and the plan: GPU, cloud, spot, estimated hours and $.
+enabled (its cached result; no provider is called), the job's image tag present in its registry (the
+registry's HTTP API v2: a manifest HEAD, with the anonymous or docker-login token it asks for), and the
+plan: GPU, cloud, spot, estimated hours and $.
 
 Each check ends `ok`, `warn` or `fail`; a failure carries its exit code (2 bad input, 75 retryable).
 SkyPilot is imported only for the enabled-clouds cache, and only when asked.
@@ -9,6 +11,12 @@ SkyPilot is imported only for the enabled-clouds cache, and only when asked.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from jobs import gpu_fit, pricing
-from trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, describe
+from trainer import settings
+from trainer.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_RETRYABLE, BadInput, describe
 from trainer.spec import JobSpec, store_uri_problem
 
 if TYPE_CHECKING:
@@ -121,14 +130,139 @@ def check_store_writable(uri: str) -> tuple[Status, str, int]:
     return "ok", f"{store.uri} reachable and writable (wrote, read and removed {key})", EXIT_OK
 
 
+# ------------------------------------------------------------------------------------- image
+MANIFEST_TYPES = ", ".join(("application/vnd.oci.image.index.v1+json",
+                            "application/vnd.docker.distribution.manifest.list.v2+json",
+                            "application/vnd.oci.image.manifest.v1+json",
+                            "application/vnd.docker.distribution.manifest.v2+json"))
+REGISTRY_TIMEOUT_S = 10.0
+DOCKER_HUB = "registry-1.docker.io"
+_LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
+
+
+def split_image_ref(ref: str) -> tuple[str, str, str]:
+    """(registry host, repository, tag) of `[host[:port]/]repo[:tag]`, Docker's rules: the first part is a
+    host when it has a dot or a port or is `localhost`; otherwise Docker Hub (`library/` for one part)."""
+    name, tag = ref, "latest"
+    last = ref.rpartition("/")[2]
+    if ":" in last:
+        name, _, tag = ref.rpartition(":")
+    name = name.partition("@")[0]
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest, tag
+    return DOCKER_HUB, name if "/" in name else f"library/{name}", tag
+
+
+def _base_url(host: str) -> str:
+    # Docker itself talks plain HTTP to a registry on this machine, TLS to every other one
+    return f"{'http' if host.rsplit(':', 1)[0] in _LOOPBACK or host.startswith('[::1]') else 'https'}://{host}"
+
+
+def _login(host: str) -> tuple[str, str] | None:
+    """SkyPilot's docker login (SKYPILOT_DOCKER_USERNAME / _PASSWORD / _SERVER) when it is for `host`."""
+    user = os.environ.get("SKYPILOT_DOCKER_USERNAME")
+    password = settings.secrets_present().get("SKYPILOT_DOCKER_PASSWORD")
+    server = (os.environ.get("SKYPILOT_DOCKER_SERVER") or "").split("://", 1)[-1].split("/", 1)[0]
+    if user and password and (not server or server == host or (server == "docker.io" and host == DOCKER_HUB)):
+        return user, password
+    return None
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="…",service="…",scope="…"` → ("bearer", {realm, service, scope})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    for part in rest.split(","):
+        key, eq, value = part.strip().partition("=")
+        if eq:
+            params[key.lower()] = value.strip().strip('"')
+    return scheme.lower(), params
+
+
+def _open(request: urllib.request.Request, timeout: float):
+    return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - https or loopback http only
+
+
+def _token(params: dict[str, str], login: tuple[str, str] | None, timeout: float) -> str | None:
+    realm = params.get("realm")
+    if not realm or not realm.startswith(("https://", "http://")):
+        return None
+    query = urllib.parse.urlencode({k: params[k] for k in ("service", "scope") if params.get(k)})
+    request = urllib.request.Request(realm + ("&" if "?" in realm else "?") + query if query else realm)
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(login).encode()).decode())
+    try:
+        with _open(request, timeout) as response:
+            body = json.loads(response.read().decode("utf-8") or "{}")
+    except (urllib.error.HTTPError, ValueError):
+        return None
+    return body.get("token") or body.get("access_token")
+
+
+def registry_has(ref: str, timeout: float = REGISTRY_TIMEOUT_S) -> tuple[bool | None, str]:
+    """Whether the registry holds `ref` (a manifest HEAD over its HTTP API v2): (True, how), (False, why)
+    for a missing tag or repository, (None, why) when it cannot tell (unreachable, access refused)."""
+    host, repo, tag = split_image_ref(ref)
+    url = f"{_base_url(host)}/v2/{repo}/manifests/{urllib.parse.quote(tag, safe='')}"
+    login = _login(host)
+    authorization: str | None = None
+    for _ in range(2):  # once as is, once with the token (or basic login) the registry asked for
+        request = urllib.request.Request(url, method="HEAD", headers={"Accept": MANIFEST_TYPES})
+        if authorization:
+            request.add_header("Authorization", authorization)
+        try:
+            with _open(request, timeout) as response:
+                digest = response.headers.get("Docker-Content-Digest")
+                return True, f"{ref} is in its registry" + (f" ({digest[:19]}…)" if digest else "")
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                return False, f"{ref} is not in its registry ({host} has no {repo}:{tag})"
+            if e.code == 401 and authorization is None:
+                scheme, params = _challenge(e.headers.get("WWW-Authenticate", ""))
+                token = _token(params, login, timeout) if scheme == "bearer" else None
+                if token:
+                    authorization = f"Bearer {token}"
+                    continue
+                if scheme == "basic" and login:
+                    authorization = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+                    continue
+            if e.code in (401, 403):
+                how = "with SKYPILOT_DOCKER_USERNAME/PASSWORD" if login else "anonymously (a private image? set " \
+                      "SKYPILOT_DOCKER_USERNAME, SKYPILOT_DOCKER_PASSWORD and SKYPILOT_DOCKER_SERVER)"
+                return None, f"cannot tell whether {ref} exists: {host} refused to answer {how} (HTTP {e.code})"
+            return None, f"cannot tell whether {ref} exists: {host} answered HTTP {e.code} {e.reason}"
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            return None, f"cannot tell whether {ref} exists: {host} unreachable ({reason})"
+    return None, f"cannot tell whether {ref} exists: {host} refused the token it issued"
+
+
+def push_hint(ref: str) -> str:
+    registry = ref.rpartition(":")[0].rpartition("/")[0] or "REGISTRY"
+    return f"build and push it first: ft image build gpu --registry {registry} --push"
+
+
+def check_image(ref: str, timeout: float = REGISTRY_TIMEOUT_S) -> tuple[Status, str, int]:
+    """The job's image in its registry: ok; missing → fail (bad input, with how to push it); cannot
+    tell (offline, a registry that refuses to say) → warn with the reason. (status, detail, exit code)"""
+    found, detail = registry_has(ref, timeout)
+    if found:
+        return "ok", detail, EXIT_OK
+    if found is False:
+        return "fail", f"{detail}: {push_hint(ref)}", EXIT_BAD_INPUT
+    return "warn", detail, EXIT_OK
+
+
 # ------------------------------------------------------------------------------------- run it
 def run_preflight(config: Path | None, spec: JobSpec | None = None, spec_dir: Path | None = None,
                   cloud: bool = True, validate_data: bool = True,
                   enabled_clouds: Callable[[], set[str] | None] | None = None,
-                  overrides: Sequence[str] = ()) -> Preflight:
+                  overrides: Sequence[str] = (), image: str | None = None) -> Preflight:
     """Every check, in order; stops after the spec when the spec itself is unusable.
-    `cloud=False` skips what talks to the outside (the store probe and the enabled clouds);
-    `overrides` (`KEY=VALUE`) apply to the spec read from `config`."""
+    `cloud=False` skips what talks to the outside (the store probe, the enabled clouds, the image in
+    its registry); `overrides` (`KEY=VALUE`) apply to the spec read from `config`; `image` is the job's
+    image (default: the GPU image of this checkout, jobs.images_ref)."""
     report = Preflight()
     if config is not None and validate_data:
         from mac.validate_job import validate_job
@@ -189,6 +323,15 @@ def run_preflight(config: Path | None, spec: JobSpec | None = None, spec_dir: Pa
             report.add("clouds", "ok", f"enabled: {', '.join(c for c in wanted if c in enabled)}"
                        + (f"; not enabled: {', '.join(c for c in wanted if c not in enabled)}"
                           if set(wanted) - enabled else ""))
+        try:
+            if image is None:
+                from jobs import images_ref
+
+                image = images_ref.gpu_image()
+            status, detail, code = check_image(image)
+        except BadInput as e:  # a registry setting that is not one
+            status, detail, code = "fail", str(e), EXIT_BAD_INPUT
+        report.add("image", status, detail, code)
 
     try:
         job_cost = pricing.job_cost(spec, spec_dir)

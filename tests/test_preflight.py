@@ -2,14 +2,19 @@
 spend, store URIs and FT_STORE, accelerator names, and one line with exit 0/2/75 instead of a traceback.
 
 Real: the spec, `ft validate`, the catalogs (small CSVs under SKY_RUNTIME_DIR), the store (moto_server
-over HTTP, and a closed port for "unreachable"), SkyPilot's task validation. Mocked, because it cannot
+over HTTP, and a closed port for "unreachable"), SkyPilot's task validation, an image registry (an HTTP
+server on 127.0.0.1 speaking the registry API v2: manifests, bearer tokens, basic login). Mocked, because it cannot
 exist here: the cloud API behind SkyPilot's SDK (`sky.jobs.launch`, `sky.get`, `sky.jobs.queue`) and the
 cached `sky check` result (`pricing.enabled_clouds`), which needs provider credentials.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,7 +23,7 @@ import yaml
 from conftest_cloud import write_catalog
 from typer.testing import CliRunner
 
-from jobs import console, preflight, pricing
+from jobs import console, images_ref, preflight, pricing
 from trainer.errors import describe
 from trainer.spec import SpecError, parse_spec, store_uri_problem
 
@@ -69,6 +74,151 @@ def _closed_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+# ---------------------------------------------------------------------------- an image registry
+class _RegistryHandler(BaseHTTPRequestHandler):
+    """The registry HTTP API v2 as far as the pre-flight uses it: HEAD /v2/<repo>/manifests/<tag>, with
+    a bearer token from /token when `auth` is set (anonymous, or only for the docker login in `login`)."""
+
+    server: Registry
+
+    def log_message(self, *_args) -> None:
+        pass
+
+    def _reply(self, code: int, body: dict | None = None, headers: dict | None = None) -> None:
+        data = json.dumps(body or {}).encode()
+        self.send_response(code)
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's names
+        reg = self.server
+        if self.path.startswith("/token"):
+            reg.token_requests.append(self.path)
+            given = self.headers.get("Authorization")
+            if reg.login and given != "Basic " + base64.b64encode(":".join(reg.login).encode()).decode():
+                return self._reply(401, {"errors": [{"code": "UNAUTHORIZED"}]})
+            return self._reply(200, {"token": "t0ken"})
+        self.do_HEAD()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        reg = self.server
+        if not self.path.startswith("/v2/") or "/manifests/" not in self.path:
+            return self._reply(404)
+        repo, _, tag = self.path[len("/v2/"):].partition("/manifests/")
+        if reg.fail_with:
+            return self._reply(reg.fail_with, {"errors": [{"code": "UNAVAILABLE"}]})
+        if reg.auth and self.headers.get("Authorization") != "Bearer t0ken":
+            realm = f"http://127.0.0.1:{reg.server_address[1]}/token"
+            return self._reply(401, {"errors": [{"code": "UNAUTHORIZED"}]}, {
+                "WWW-Authenticate": f'Bearer realm="{realm}",service="test",scope="repository:{repo}:pull"'})
+        if (repo, tag) not in reg.images:
+            return self._reply(404, {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]})
+        if "manifest" not in self.headers.get("Accept", ""):
+            return self._reply(406)
+        self._reply(200, {}, {"Docker-Content-Digest": "sha256:" + "ab" * 32,
+                              "Content-Type": "application/vnd.oci.image.index.v1+json"})
+
+
+class Registry(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _RegistryHandler)
+        self.images: set[tuple[str, str]] = set()
+        self.auth, self.login, self.fail_with = False, None, 0
+        self.token_requests: list[str] = []
+
+    @property
+    def prefix(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}/llm-finetuning"
+
+    def push(self, ref: str) -> str:
+        host, repo, tag = preflight.split_image_ref(ref)
+        self.images.add((repo, tag))
+        return ref
+
+
+@pytest.fixture(scope="module")
+def registry_server():
+    server = Registry()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def registry(registry_server, monkeypatch):
+    """Every pre-flight here checks its image against the local registry, which holds this checkout's
+    GPU image unless a test removes it."""
+    from images.tags import image_ref
+
+    registry_server.images.clear()
+    registry_server.auth, registry_server.login, registry_server.fail_with = False, None, 0
+    registry_server.token_requests.clear()
+    ref = image_ref("gpu", registry=registry_server.prefix)
+    monkeypatch.setattr(images_ref, "gpu_image", lambda *_a, **_k: ref)  # where the job's image lives
+    for name in ("SKYPILOT_DOCKER_USERNAME", "SKYPILOT_DOCKER_PASSWORD", "SKYPILOT_DOCKER_SERVER"):
+        monkeypatch.delenv(name, raising=False)
+    registry_server.push(ref)
+    registry_server.ref = ref
+    return registry_server
+
+
+@pytest.mark.parametrize(("ref", "parts"), [
+    ("ghcr.io/me/ft-gpu:abc", ("ghcr.io", "me/ft-gpu", "abc")),
+    ("localhost:5000/ft-gpu", ("localhost:5000", "ft-gpu", "latest")),
+    ("127.0.0.1:5000/a/b/ft-gpu:t1", ("127.0.0.1:5000", "a/b/ft-gpu", "t1")),
+    ("me/ft-gpu:t", ("registry-1.docker.io", "me/ft-gpu", "t")),
+    ("ft-gpu", ("registry-1.docker.io", "library/ft-gpu", "latest")),
+])
+def test_image_references_split_as_docker_splits_them(ref, parts):
+    assert preflight.split_image_ref(ref) == parts
+
+
+def test_the_image_check_finds_a_pushed_tag_anonymously_and_with_a_token(registry):
+    assert preflight.check_image(registry.ref)[0] == "ok"
+    registry.auth = True  # ghcr.io's way: 401 with a bearer challenge, an anonymous token, then 200
+    status, detail, _ = preflight.check_image(registry.ref)
+    assert status == "ok" and "is in its registry (sha256:abab" in detail and registry.token_requests
+
+
+def test_a_missing_tag_fails_with_how_to_push_it(registry):
+    registry.images.clear()
+    status, detail, code = preflight.check_image(registry.ref)
+    assert (status, code) == ("fail", 2)
+    assert f"build and push it first: ft image build gpu --registry {registry.prefix} --push" in detail
+
+
+def test_a_private_image_uses_the_docker_login_and_never_shows_it(registry, monkeypatch):
+    registry.auth, registry.login = True, ("robot", "s3cret-pass")
+    status, detail, _ = preflight.check_image(registry.ref)
+    assert status == "warn" and "SKYPILOT_DOCKER_USERNAME" in detail  # refused anonymously: cannot tell
+    monkeypatch.setenv("SKYPILOT_DOCKER_USERNAME", "robot")
+    monkeypatch.setenv("SKYPILOT_DOCKER_PASSWORD", "s3cret-pass")
+    monkeypatch.setenv("SKYPILOT_DOCKER_SERVER", registry.prefix.split("/")[0])
+    status, detail, _ = preflight.check_image(registry.ref)
+    assert status == "ok" and "s3cret" not in detail
+    monkeypatch.setenv("SKYPILOT_DOCKER_SERVER", "other.example.com")  # a login for another registry: not sent
+    assert preflight.check_image(registry.ref)[0] == "warn"
+
+
+@pytest.mark.parametrize("problem", ["closed port", "500"])
+def test_a_registry_that_cannot_answer_is_a_warning_with_the_reason(registry, problem):
+    if problem == "500":
+        registry.fail_with = 500
+        ref = registry.ref
+    else:
+        ref = f"127.0.0.1:{_closed_port()}/llm-finetuning/ft-gpu:abc"
+    status, detail, code = preflight.check_image(ref, timeout=2)
+    assert (status, code) == ("warn", 0)
+    assert ("HTTP 500" if problem == "500" else "unreachable") in detail
 
 
 # ------------------------------------------------------------------------------------ store URIs
@@ -144,7 +294,7 @@ def test_preflight_all_green_on_a_writable_store(tmp_path, catalog, enabled, s3_
     path = _spec_file(tmp_path, store={"uri": f"{s3_env}/ft"})
     result = CliRunner().invoke(_app(), ["preflight", str(path)])
     assert result.exit_code == 0, result.output
-    for name in ("store", "clouds", "plan"):
+    for name in ("store", "clouds", "image", "plan"):
         assert f"ok   {name}: " in result.output, result.output
     assert "spec and data: 5 files" in result.output  # warns: the not-cached tokenizer cannot count tokens
     assert "reachable and writable" in result.output and "enabled: lambda, runpod" in result.output
@@ -183,6 +333,23 @@ def test_preflight_unreachable_store_is_retryable(tmp_path, catalog, enabled, mo
 
     checks = {c["check"]: c for c in json.loads(result.output)["checks"]}
     assert checks["store"]["status"] == "fail" and checks["store"]["exit_code"] == 75
+
+
+def test_preflight_and_launch_refuse_an_image_not_in_its_registry(tmp_path, catalog, enabled, s3_env, registry,
+                                                                 monkeypatch):
+    registry.images.clear()
+    path = _spec_file(tmp_path, store={"uri": f"{s3_env}/ft"})
+    result = CliRunner().invoke(_app(), ["preflight", str(path), "--json"])
+    assert result.exit_code == 2, result.output
+    image = {c["check"]: c for c in json.loads(result.output)["checks"]}["image"]
+    assert image["status"] == "fail" and "build and push it first: ft image build gpu" in image["detail"]
+    fake = FakeSky(monkeypatch, result=([1], None))
+    launched = _launch(tmp_path, "--yes", "--detach", store={"uri": f"{s3_env}/ft"})
+    assert launched.exit_code == 2 and "refusing to launch: image" in launched.output and fake.launched == []
+    offline = CliRunner().invoke(_app(), ["preflight", str(path), "--offline", "--json"])
+    assert "image" not in {c["check"] for c in json.loads(offline.output)["checks"]}  # --offline asks no one
+    registry.fail_with = 503  # a registry that cannot say: a warning, the launch goes on
+    assert CliRunner().invoke(_app(), ["preflight", str(path)]).exit_code == 0
 
 
 def test_preflight_no_enabled_cloud_and_over_budget_refuse(tmp_path, catalog, monkeypatch):
