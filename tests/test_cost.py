@@ -11,12 +11,11 @@ import math
 from pathlib import Path
 
 import pytest
-import typer
 import yaml
 from conftest_cloud import HEADERS, ROWS, point_skypilot_at, write_catalog
 from typer.testing import CliRunner
 
-from jobs import catalog, cloud_cli, cost, gpu_fit, pricing
+from jobs import catalog, cost, gpu_fit, pricing
 from trainer import cost as run_cost
 from trainer.spec import parse_spec
 
@@ -277,9 +276,8 @@ def test_group_one_row_per_instance_type(sky_catalog):
 
 # ---------------------------------------------------------------------------- the CLI
 def _app():
-    app = typer.Typer()
-    cloud_cli.register(app)
-    app.callback()(lambda: None)
+    from jobs.cli import app  # the real `ft`: its error boundary decides the exit codes
+
     return app
 
 
@@ -300,14 +298,14 @@ def _write_spec(tmp_path, **over) -> Path:
 
 def test_gpus_json_rows_carry_the_estimate_and_limit(sky_catalog, tmp_path):
     spec_path = _write_spec(tmp_path)
-    result = CliRunner().invoke(_app(), ["gpus", "--config", str(spec_path), "--json", "--limit", "3"])
+    result = CliRunner().invoke(_app(), ["gpus", str(spec_path), "--json", "--limit", "3"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert len(rows) == 3
     for r in rows:
         assert {"est_hours", "price_per_hour", "nodes", "est_cost_usd", "other_regions", "parts_hours"} <= set(r)
         assert r["est_cost_usd"] == pytest.approx(r["est_hours"] * r["price_per_hour"] * r["nodes"], abs=0.01)
-    table = CliRunner().invoke(_app(), ["gpus", "--config", str(spec_path)])
+    table = CliRunner().invoke(_app(), ["gpus", str(spec_path)])
     assert table.exit_code == 0, table.output
     assert "cheapest whole job:" in table.output and "est. $ job" in table.output
 
@@ -320,10 +318,10 @@ def test_unknown_gpu_name_suggests_close_names(sky_catalog):
 
 def test_model_without_size_is_a_clear_error_and_params_fixes_it(sky_catalog, tmp_path):
     spec_path = _write_spec(tmp_path, model={"base": "someone/mystery-model"})
-    result = CliRunner().invoke(_app(), ["gpus", "--config", str(spec_path)])
-    assert result.exit_code == 1 and "model.params" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(_app(), ["gpus", str(spec_path)])
+    assert result.exit_code == 2 and "model.params" in result.output and "Traceback" not in result.output
     sized = _write_spec(tmp_path, model={"base": "someone/mystery-model", "params": "7.6B"})
-    ok = CliRunner().invoke(_app(), ["gpus", "--config", str(sized), "--json"])
+    ok = CliRunner().invoke(_app(), ["gpus", str(sized), "--json"])
     assert ok.exit_code == 0, ok.output
     spec = parse_spec(yaml.safe_load(sized.read_text()))
     assert spec.model.params == 7_600_000_000
@@ -333,13 +331,13 @@ def test_model_without_size_is_a_clear_error_and_params_fixes_it(sky_catalog, tm
 def test_launch_refuses_a_plan_over_budget(sky_catalog, tmp_path):
     spec_path = _write_spec(tmp_path, resources={"max_cost_usd": 0.01})
     result = CliRunner().invoke(_app(), ["launch", str(spec_path), "--dry-run", "--run-id", "r1",
-                                         "--bundles-dir", str(tmp_path / "bundles")])
+                                         "--out", str(tmp_path / "bundles")])
     assert result.exit_code == 2  # bad input, like every refusal before spend
     assert "refusing to launch" in result.output and "max_cost_usd $0.01" in result.output
     assert "name: ft-r1" not in result.output  # no plan printed
     generous = _write_spec(tmp_path, resources={"max_cost_usd": 10_000})
     ok = CliRunner().invoke(_app(), ["launch", str(generous), "--dry-run", "--run-id", "r2",
-                                     "--bundles-dir", str(tmp_path / "bundles")])
+                                     "--out", str(tmp_path / "bundles")])
     assert ok.exit_code == 0, ok.output
     cfg = yaml.safe_load(ok.output[ok.output.index("name: ft-r2"):])
     prices = json.loads(cfg["envs"][run_cost.ENV_PRICES])
