@@ -342,3 +342,22 @@ def test_ft_logs_says_why_it_cannot(tmp_path, monkeypatch):
     monkeypatch.setattr(sky, "get", down)
     result = ft("logs", "r1", "--store", store)
     assert result.exit_code == 75 and "ApiServerConnectionError" in result.output
+
+
+def test_a_store_out_of_reach_or_missing_is_one_line_and_its_exit_code(tmp_path, s3_env, monkeypatch):
+    missing = ft("runs", "--store", "s3://no-such-bucket-here/ft")
+    assert missing.exit_code == 2 and "no-such-bucket-here" in missing.output
+    assert ft("status", "r1", "--store", "s3:/typo", "--no-job").exit_code == 2
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    monkeypatch.setenv("FT_STORE_TIMEOUT_S", "2")
+    for argv in (["runs", "--store", f"{s3_env}/ft"], ["status", "r1", "--store", f"{s3_env}/ft", "--no-job"]):
+        result = ft(*argv)
+        assert result.exit_code == 75, result.output
+        assert "unreachable" in result.output and len(result.output.strip().splitlines()) == 1
