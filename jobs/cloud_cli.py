@@ -432,7 +432,7 @@ def _managed_jobs(all_users: bool, as_json: bool) -> None:
 
 
 def status_command(
-    run: str | None = typer.Argument(None, metavar="[RUN]",
+    run: str | None = typer.Argument(None, metavar="RUN",
                                      help="run id, STORE/runs/ID or s3://…/runs/ID: its stages from the store"),
     store: str | None = store_option(),
     watch: bool = typer.Option(False, "--watch", help="refresh until the run is done (Ctrl-C stops, exit 0)"),
