@@ -1,7 +1,9 @@
 """Build (and push) the images through the docker SDK, with a progress display.
 
 The image is tagged with its content hash (images.tags), so building twice from the same inputs gives
-the same name, and `--push REGISTRY` publishes exactly the tag the job YAMLs name.
+the same name. It is always tagged `ft-gpu:<tag>` (what `ft run --docker` runs) and, with a registry
+(`--registry`, FT_REGISTRY), `REGISTRY/ft-gpu:<tag>` too: exactly the name `ft launch` puts in the job
+YAML with that registry, which `--push` publishes.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from images.tags import REPO_ROOT, content_hash, image_def, image_ref
-from trainer.errors import FtError
+from images.tags import DEFAULT_REGISTRY, REPO_ROOT, content_hash, image_def, image_ref
+from trainer.errors import BadInput, FtError
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
@@ -95,13 +97,18 @@ def build_image(
     kind: str,
     console: Console,
     build_args: Mapping[str, str] | None = None,
-    push: str | None = None,
+    push: bool = False,
     network_mode: str | None = None,
     nocache: bool = False,
     verbose: bool = True,
     root: Path = REPO_ROOT,
+    registry: str | None = None,
 ) -> str:
-    """Build `kind` from the repo at `root`; returns the pushed (or local) image reference."""
+    """Build `kind` from the repo at `root`, also tagged `registry/…` when given, and push that name when
+    `push` (which needs the registry). Returns the registry's reference when given, else the local one."""
+    if push and not registry:
+        raise BadInput("--push needs a registry: --registry REGISTRY or FT_REGISTRY (e.g. ghcr.io/me; the "
+                       f"default {DEFAULT_REGISTRY} holds the project's own images)")
     image = image_def(kind)
     args = dict(build_args or {})
     ref = image_ref(kind, root=root, build_args=args)
@@ -114,10 +121,13 @@ def build_image(
     )
     image_id = show_build(stream, console, verbose=verbose)
     console.print(f"[green]built[/] {ref} ({(image_id or '?')[:19]})", highlight=False)
-    if not push:
+    if not registry:
         return ref
-    repository, tag = f"{push.rstrip('/')}/{image.repository}", ref.rsplit(":", 1)[1]
+    repository, tag = f"{registry.rstrip('/')}/{image.repository}", ref.rsplit(":", 1)[1]
     client.api.tag(ref, repository, tag)
+    console.print(f"tagged [bold]{repository}:{tag}[/]", highlight=False)
+    if not push:
+        return f"{repository}:{tag}"
     console.print(f"pushing [bold]{repository}:{tag}[/]", highlight=False)
     show_push(client.api.push(repository, tag=tag, stream=True, decode=True), console)
     console.print(f"[green]pushed[/] {repository}:{tag}", highlight=False)

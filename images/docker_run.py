@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +69,74 @@ def _bundle_store_uri(bundle: Path) -> str:
     return parse_spec(yaml.safe_load(text), str(bundle / SPEC_FILE), text).store.uri
 
 
+def _nvidia_smi_gpus(environ: Mapping[str, str]) -> tuple[int | None, str]:
+    """(GPUs `nvidia-smi -L` lists, how it went); None when there is no nvidia-smi on the PATH."""
+    import subprocess
+
+    exe = shutil.which("nvidia-smi", path=environ.get("PATH"))
+    if exe is None:
+        return None, "no nvidia-smi"
+    try:
+        done = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30,
+                              env={**environ, "LC_ALL": "C"})
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return 0, f"nvidia-smi -L failed ({type(e).__name__})"
+    if done.returncode != 0:
+        first = next((ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()), "")
+        return 0, f"nvidia-smi -L failed: {first[:160]}" if first else "nvidia-smi -L failed"
+    return sum(1 for ln in done.stdout.splitlines() if ln.startswith("GPU ")), "nvidia-smi -L"
+
+
+def _docker_info_gpus(info: Mapping[str, Any]) -> tuple[int | None, str]:
+    """(GPUs the daemon offers, how known) from docker's info: CDI devices named nvidia.com/gpu=N
+    (Docker 25+), else an nvidia runtime (a count it does not give: None); (0, …) for neither."""
+    cdi = {d.get("ID", "") for d in info.get("DiscoveredDevices") or [] if isinstance(d, Mapping)}
+    gpus = [d for d in cdi if d.startswith("nvidia.com/gpu=") and not d.endswith("=all")]
+    if gpus:
+        return len(gpus), "docker info: CDI devices"
+    if "nvidia" in (info.get("Runtimes") or {}):
+        return None, "docker info: nvidia runtime"
+    return 0, "docker info: no GPU runtime or device"
+
+
+def _daemon_info() -> Mapping[str, Any] | None:
+    try:
+        import docker
+        from docker.errors import DockerException
+
+        try:
+            return docker.from_env(timeout=10).info()
+        except DockerException:
+            return None
+    except ImportError:
+        return None
+
+
+def default_devices(environ: Mapping[str, str] | None = None,
+                    docker_info: Mapping[str, Any] | None = None) -> tuple[str | None, str]:
+    """`--devices` when none is given: `all` when the docker host has GPUs, None (run on the CPU) when it
+    has none, with a line saying which and how it was found. The host is this machine (`nvidia-smi -L`;
+    docker's info when there is no nvidia-smi), or only docker's info for a remote daemon (DOCKER_HOST
+    not a unix socket). `docker_info` stands in for the daemon's answer (tests); None asks the daemon."""
+    env = dict(os.environ if environ is None else environ)
+    host = env.get("DOCKER_HOST") or ""
+    remote = bool(host) and not host.startswith(("unix://", "npipe://"))
+    count, how = (None, "remote docker daemon") if remote else _nvidia_smi_gpus(env)
+    if count is None:  # no nvidia-smi here (or a remote daemon): ask docker
+        info = _daemon_info() if docker_info is None else docker_info
+        if info is not None:
+            count, how = _docker_info_gpus(info)
+            if count is None:
+                return "all", f"using all GPUs ({how}); --devices 0,1 for some, none for the CPU"
+        else:
+            count, how = 0, f"{how}, docker daemon not reachable"
+    if count:
+        return "all", (f"using all {count} GPU{'s' if count > 1 else ''} ({how}); --devices 0,1 for some, "
+                       "none for the CPU")
+    return None, (f"no GPU found on this host ({how}): the GPU image runs on the CPU, slowly; "
+                  "--devices all asks docker for GPUs anyway")
+
+
 def _device_requests(gpus: str) -> list[Any]:
     """`--gpus` values as docker takes them: `all`, a count (`2`), or ids (`0,1` or `device=0,1`)."""
     from docker.types import DeviceRequest
@@ -110,7 +179,8 @@ def run_request(
 
     `store` (or FT_STORE in the environment) overrides the bundle spec's `store.uri`; `image` defaults
     to the content-addressed tag of Dockerfile.gpu; `hf_cache` names a volume (or host folder) kept at
-    the image's HF cache, None for none; `gpus` is docker's --gpus value, None to run without GPUs.
+    the image's HF cache, None for none; `gpus` is docker's --gpus value, None or `none` to run without
+    GPUs (`ft run --docker` passes `default_devices()` when --devices is not given).
     `environ` stands in for this process's environment (tests).
     """
     env_in = dict(os.environ if environ is None else environ)
@@ -164,7 +234,7 @@ def _store_mount(store_uri: str | None, store_override: str | None,
 def _host_options(gpus: str | None, env_in: Mapping[str, str]) -> dict[str, Any]:
     """GPUs, their ulimits and the network mode."""
     options: dict[str, Any] = {}
-    if gpus:
+    if gpus and gpus.strip() != "none":
         from docker.types import Ulimit
 
         options["device_requests"] = _device_requests(gpus)

@@ -10,10 +10,12 @@ is covered), and files are skipped exactly where `.dockerignore` skips them (cac
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer import settings
 from trainer.errors import BadInput
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +51,43 @@ IMAGES: dict[str, ImageDef] = {
         inputs=("trainer/__init__.py", "trainer/store.py", "trainer/serve_pull.py", "images/vllm-entrypoint.sh"),
     ),
 }
+
+
+# The project's published images. FT_REGISTRY (or --registry) names another: the one `ft image build
+# --push` pushed to, which cloud jobs (`ft launch`) and services (`ft serve up`) then pull from.
+DEFAULT_REGISTRY = "ghcr.io/llm-finetuning"
+# host[:port] then lowercase path components, as docker's reference grammar has them; no scheme, no tag.
+_REGISTRY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?"
+                       r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
+
+
+def check_registry(value: str, source: str = "--registry") -> str:
+    """The registry prefix without a trailing slash; BadInput naming `source` when it is not one."""
+    registry = value.strip().rstrip("/")
+    if "://" in registry:
+        raise BadInput(f"{source} {value!r}: a registry has no scheme (e.g. ghcr.io/me, not https://ghcr.io/me)")
+    if not _REGISTRY.fullmatch(registry):
+        raise BadInput(f"{source} {value!r}: expected a registry like ghcr.io/me, 123456789012.dkr.ecr.us-east-1."
+                       "amazonaws.com or localhost:5000/team (lowercase path, no tag)")
+    return registry
+
+
+def resolve_registry(explicit: str | None = None) -> tuple[str, str]:
+    """(registry, where it came from): `explicit` (--registry), else FT_REGISTRY (environment or .env),
+    else the project's published images."""
+    if explicit:
+        return check_registry(explicit, "--registry"), "--registry"
+    configured = settings.registry()
+    if configured:
+        return check_registry(configured, "FT_REGISTRY"), "FT_REGISTRY"
+    return DEFAULT_REGISTRY, "default"
+
+
+def registry_host(ref: str) -> str | None:
+    """The registry host of an image reference (`ghcr.io` of ghcr.io/me/ft-gpu:t), None for Docker Hub's
+    short names (me/ft-gpu, ft-gpu)."""
+    first, sep, _ = ref.partition("/")
+    return first if sep and ("." in first or ":" in first or first == "localhost") else None
 
 
 def image_def(kind: str) -> ImageDef:

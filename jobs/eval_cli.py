@@ -142,30 +142,46 @@ def eval_score(task: str, predictions: Path, references: Path, per_item: Path | 
 
 def serve_up(run_ref: str, stage: str | None = None, merged: str | None = None, image: str | None = None,
              gpu: str | None = None, service_name: str | None = None, dry_run: bool = False,
-             store: str | None = None) -> None:
+             store: str | None = None, registry: str | None = None) -> None:
     """Serve a run's stage with SkyServe + vLLM: the base from the Hub plus the adapter from the store
-    (or a merged model with --merged). --dry-run prints the service YAML and launches nothing."""
+    (or a merged model with --merged), the vLLM image from --registry / $FT_REGISTRY, the Hub token and
+    AWS keys set here passed to the replicas as SkyPilot secrets. --dry-run prints the service YAML
+    (secret names only) and launches nothing."""
     import yaml
 
-    from jobs import serve
+    from jobs import images_ref, serve
+    from trainer.errors import BadInput
 
+    if image and registry:
+        raise BadInput("--image names the whole image; --registry only picks the registry of the default one")
+    image = image or serve.default_image(registry)  # a bad --registry / FT_REGISTRY fails here
     run = _run(run_ref, store)
     stage = stage or run.last_done_stage()
     envs = serve.service_envs(run, stage, merged)
     spec = run.spec
     problems = serve.check_envs(envs, serve.lora_rank_of(run, stage) if not merged else None,
                                 spec.model.trust_remote_code)
-    config = serve.service_config(envs, image or serve.default_image(), gpu or spec.resources.accelerators,
-                                  spec.resources.use_spot)
+    config = serve.service_config(envs, image, gpu or spec.resources.accelerators, spec.resources.use_spot)
+    secrets = serve.service_secrets(config)  # BadInput for a partial docker login
+    try:
+        serve.to_task(config, secrets)  # SkyPilot's own validation, also on --dry-run
+    except Exception as e:  # noqa: BLE001 - SkyPilot's schema errors: one line, bad input
+        from jobs.launch import sky_reason
+
+        raise BadInput(f"SkyPilot refused the service: {sky_reason(e)}") from None
     if dry_run:
         print(yaml.safe_dump(config, sort_keys=False))
         console.print("# vLLM: " + " ".join(serve.vllm_command(envs)), highlight=False, style="dim")
+        console.print(f"# image: {image} (registry: {images_ref.registry_source(registry)})", highlight=False,
+                      style="dim", markup=False)
+        console.print(f"# secrets: {', '.join(sorted(secrets)) or 'none set here'} (SkyPilot secrets; values "
+                      "never printed)", highlight=False, style="dim", markup=False)
         for p in problems:
             console.print(f"[yellow]warning:[/] {p}", highlight=False)
         return
     if problems:
         fail("cannot serve:\n  " + "\n  ".join(problems), 2)
-    serve.launch(config, service_name or f"{spec.name}-{stage}")
+    serve.launch(config, service_name or f"{spec.name}-{stage}", secrets)
 
 
 def serve_check(url: str, prompt: str, model: str | None = None) -> None:
@@ -259,13 +275,15 @@ def _register_serve(serve_app: typer.Typer) -> None:
         run_ref: str = typer.Argument(..., metavar="RUN"),
         stage: str = STAGE_OPT,
         merged: str = typer.Option(None, "--merged", help="serve this merged model (store URI) instead"),
-        image: str = typer.Option(None, "--image", help="vLLM image (default: ft-vllm:<content tag>)"),
+        image: str = typer.Option(None, "--image", help="vLLM image (default: REGISTRY/ft-vllm:<content tag>)"),
         gpu: str = typer.Option(None, "--gpu", help="NAME[:COUNT], e.g. L4:1 (default: the spec's)"),
         service_name: str = typer.Option(None, "--name", help="service name (default: JOB-STAGE)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the service YAML, launch nothing"),
         store: str | None = STORE_OPT,
+        registry: str = typer.Option(None, "--registry", help="registry of the vLLM image, e.g. ghcr.io/me "
+                                     "(default: $FT_REGISTRY, else ghcr.io/llm-finetuning)"),
     ) -> None:
-        serve_up(run_ref, stage, merged, image, gpu, service_name, dry_run, store)
+        serve_up(run_ref, stage, merged, image, gpu, service_name, dry_run, store, registry)
 
     @serve_app.command("check", help=_help(serve_check))
     def serve_check_cmd(

@@ -1,7 +1,8 @@
 """Managed-job launch, status, logs, cancel and artifact fetch, through SkyPilot's Python SDK.
 
 `ft launch` starts from the job YAML of the stage (jobs/<stage>.yaml, jobs/pipeline.yaml for every
-stage) and fills in what SkyPilot does not know: the bundle and run id, the image's content-hash tag,
+stage) and fills in what SkyPilot does not know: the bundle and run id, the image (the registry setting's
+`ft-gpu:<content hash>`, jobs.images_ref),
 the accelerate config for the spec's strategy, the number of nodes, and the resources: the offers
 the job fits, cheapest first, as SkyPilot `ordered` candidates, so SkyPilot tries them in price order
 and, after a preemption, recovers on the next.
@@ -89,8 +90,10 @@ def build_task_config(
     offers: list[Offer],
     stage: str | None = None,
     image: str | None = None,
+    registry: str | None = None,
 ) -> dict[str, Any]:
-    """The exact SkyPilot task (as a YAML dict) `ft launch` submits."""
+    """The exact SkyPilot task (as a YAML dict) `ft launch` submits. `image` names the image outright;
+    else it is `ft-gpu:<content hash>` on `registry` (--registry), FT_REGISTRY or the default registry."""
     method = spec.stage(stage).method if stage and stage != "eval" else stage
     cfg = copy.deepcopy(load_job_yaml(yaml_for(method)))
     cfg["name"] = job_name(run_id)
@@ -104,7 +107,7 @@ def build_task_config(
     if spec.distributed.num_nodes > 1:
         cfg["num_nodes"] = spec.distributed.num_nodes
     res = cfg["resources"]
-    res["image_id"] = f"docker:{image or images_ref.gpu_image()}"
+    res["image_id"] = f"docker:{image or images_ref.gpu_image(registry)}"
     res["disk_size"] = spec.resources.disk_size
     if offers:
         res.pop("accelerators", None)
@@ -131,10 +134,22 @@ def to_task(cfg: dict[str, Any], secrets: dict[str, str] | None = None):
     return sky.Task.from_yaml_config(copy.deepcopy(cfg), secrets_overrides=secrets or None)
 
 
-def local_secrets() -> dict[str, str]:
-    """The secrets the YAMLs declare (trainer.settings.SECRET_NAMES), taken from this environment (`.env`
-    already loaded)."""
-    return settings.secrets_present()
+def task_image(cfg: dict[str, Any]) -> str | None:
+    """The docker image a task (or service) config runs, without SkyPilot's `docker:` prefix."""
+    image_id = (cfg.get("resources") or {}).get("image_id")
+    return image_id.removeprefix("docker:") if isinstance(image_id, str) else None
+
+
+def local_secrets(cfg: dict[str, Any] | None = None) -> dict[str, str]:
+    """The secrets a task takes from this environment (`.env` already loaded): each credential of
+    trainer.settings.SECRET_NAMES that is set and that the task's YAML declares under `secrets:` (every
+    one when `cfg` is None), plus SkyPilot's docker login for a private registry when all three of its
+    variables are set (BadInput for a partial set). Passed as SkyPilot secrets, never printed."""
+    declared = None if cfg is None else set(cfg.get("secrets") or {})
+    found = {name: value for name, value in settings.secrets_present().items()
+             if name not in images_ref.DOCKER_LOGIN and (declared is None or name in declared)}
+    found.update(images_ref.docker_login(task_image(cfg) if cfg else None))
+    return found
 
 
 def _use_project_config() -> None:
@@ -189,7 +204,7 @@ def launch(cfg: dict[str, Any], detach: bool = False) -> int | None:
     _use_project_config()
     import sky
 
-    task = _sky_call("invalid task", to_task, cfg, local_secrets())
+    task = _sky_call("invalid task", to_task, cfg, local_secrets(cfg))
     request_id = _sky_call("launch request failed", sky.jobs.launch, task, name=cfg["name"])
     getter = sky.get if detach else sky.stream_and_get
     result = _sky_call("launch failed", getter, request_id)

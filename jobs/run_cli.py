@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
-from jobs.console import check_store, console, resolve_store, store_option
+from jobs.console import check_store, console, err_console, resolve_store, store_option
 from mac.cli import overrides_argument
 from mac.data_prep import DEMO_SAMPLE, prepare_demo_data
 from trainer.errors import BadInput
@@ -23,7 +24,8 @@ DEMO_CONFIG = Path("configs/demo.yaml")
 def run(
     bundle: str = typer.Argument(..., help="bundle folder or store URI"),
     docker: bool = typer.Option(False, "--docker", help="run the GPU image on this machine instead"),
-    devices: str = typer.Option(None, "--devices", help="with --docker: the GPUs, `all` or ids (`0,1`)"),
+    devices: str = typer.Option(None, "--devices", help="with --docker: the GPUs, `all`, ids (`0,1`) or `none` "
+                                "(default: all when the host has GPUs)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the command instead of running it"),
     stage: str = typer.Option(None, "--stage", help="run only this stage"),
     run_id: str = typer.Option(None, "--run-id", help="default: $SKYPILOT_TASK_ID, else a new id"),
@@ -40,8 +42,11 @@ def run(
     if store:
         check_store(store)
     if docker:
-        from images.docker_run import format_docker_command, run_in_docker, run_request
+        from images.docker_run import default_devices, format_docker_command, run_in_docker, run_request
 
+        if devices is None:  # every GPU the host has (nvidia-smi -L, docker's info), and say which
+            devices, note = default_devices()
+            err_console.print(escape(note) if devices else f"[yellow]note:[/] {escape(note)}", highlight=False)
         request = run_request(bundle, devices, stage=stage, run_id=run_id, store=store)
         if dry_run:
             print(format_docker_command(request))

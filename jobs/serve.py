@@ -3,11 +3,13 @@ endpoint (`ft serve check`).
 
 The service definition is `sky/serve.yaml`; this module fills its envs from the run (model and
 adapter locations in the store, max model length and dtype from the spec), checks them against
-what vLLM accepts, and launches it. SkyPilot is imported only to launch.
+what vLLM accepts, and launches it with the credentials the replicas need (SkyPilot secrets: never in
+the printed YAML). SkyPilot is imported only to launch.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import urllib.error
@@ -106,13 +108,28 @@ def service_config(envs: dict[str, str], image: str | None = None, accelerators:
     return config
 
 
-def default_image() -> str | None:
-    try:
-        from images.tags import image_ref
+def default_image(registry: str | None = None) -> str:
+    """`<registry>/ft-vllm:<content hash>`: the registry from `registry` (--registry), FT_REGISTRY or the
+    project's; a replica is a cloud VM and can only pull a name with a registry in it."""
+    from jobs import images_ref
 
-        return image_ref("vllm")
-    except Exception:  # noqa: BLE001 -- a checkout without the image files: keep serve.yaml's image
-        return None
+    return images_ref.vllm_image(registry)
+
+
+def service_secrets(config: dict[str, Any]) -> dict[str, str]:
+    """The credentials a replica needs (those serve.yaml declares under `secrets:`: the Hub token for a
+    gated base, the AWS keys for an s3:// adapter or model), taken from this environment, plus SkyPilot's
+    docker login for a private registry. Passed as SkyPilot secrets at launch, never in the printed YAML."""
+    from jobs.launch import local_secrets
+
+    return local_secrets(config)
+
+
+def to_task(config: dict[str, Any], secrets: dict[str, str] | None = None):
+    """The service parsed and validated by SkyPilot itself, with the secrets' values."""
+    import sky
+
+    return sky.Task.from_yaml_config(copy.deepcopy(config), secrets_overrides=secrets or None)
 
 
 def lora_rank_of(run: Run, stage: str) -> int | None:
@@ -123,11 +140,12 @@ def lora_rank_of(run: Run, stage: str) -> int | None:
         return None
 
 
-def launch(config: dict[str, Any], service_name: str) -> None:  # pragma: no cover -- needs a cloud
+def launch(config: dict[str, Any], service_name: str,
+           secrets: dict[str, str] | None = None) -> None:  # pragma: no cover -- needs a cloud
     import sky
     from sky import serve as sky_serve
 
-    task = sky.Task.from_yaml_config(config)
+    task = to_task(config, service_secrets(config) if secrets is None else secrets)
     request = sky_serve.up(task, service_name=service_name)
     sky.stream_and_get(request)
 

@@ -107,9 +107,8 @@ def test_skypilot_optimizer_agrees_with_our_cheapest(catalog, four_clouds):
     assert best.get_cost(3600) == pytest.approx(offers[0].price_per_hour, rel=1e-6)
 
 
-def test_launch_dry_run_cli(catalog, tmp_path):
-    from jobs.cli import app
-
+def _demo_job(tmp_path: Path) -> Path:
+    """The demo spec as a cloud job: absolute data paths, a 7B base, an s3:// store."""
     demo = load_spec(REPO / "configs" / "demo.yaml")
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     raw["data"] = {k: str((REPO / "configs" / v).resolve()) if k in demo.data.files() else v
@@ -120,6 +119,13 @@ def test_launch_dry_run_cli(catalog, tmp_path):
     raw.pop("prototype", None)
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(raw))
+    return spec_path
+
+
+def test_launch_dry_run_cli(catalog, tmp_path):
+    from jobs.cli import app
+
+    spec_path = _demo_job(tmp_path)
     result = CliRunner().invoke(app, ["launch", str(spec_path), "--stage", "sft", "--dry-run", "--run-id", "r1",
                                       "--out", str(tmp_path / "bundles")])
     assert result.exit_code == 0, result.output
@@ -160,3 +166,105 @@ def test_fetch_from_local_store(tmp_path):
     assert (dest2 / "sft/checkpoints/100/optimizer.pt").is_file()
     with pytest.raises(BadInput, match="nothing at"):  # exit 2: no such run in that store
         launch.fetch("nope", str(store), tmp_path / "out3")
+
+
+# ------------------------------------------------------------------------- registry and docker login
+DOCKER_LOGIN = {"SKYPILOT_DOCKER_USERNAME": "robot-user", "SKYPILOT_DOCKER_PASSWORD": "docker-pw-0123456789",
+                "SKYPILOT_DOCKER_SERVER": "ghcr.io"}
+
+
+@pytest.fixture
+def no_local_secrets(monkeypatch):
+    from jobs.images_ref import DOCKER_LOGIN as names
+    from trainer.settings import SECRET_NAMES
+
+    for name in (*SECRET_NAMES, *names, "FT_REGISTRY"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_docker_login_names_are_skypilots():
+    from sky.skylet import constants
+
+    from jobs.images_ref import DOCKER_LOGIN, DOCKER_PASSWORD
+    from trainer.settings import SECRET_NAMES
+
+    assert set(DOCKER_LOGIN) == constants.DOCKER_LOGIN_ENV_VARS
+    assert DOCKER_PASSWORD in SECRET_NAMES  # masked in every message
+
+
+def test_registry_setting_names_the_image(catalog, no_local_secrets):
+    from images.tags import image_tag
+
+    spec, tag = _spec(), image_tag("gpu")
+    cfg = launch.build_task_config(spec, "s3://b/p/bundles/x", "r", [])
+    assert cfg["resources"]["image_id"] == f"docker:ghcr.io/llm-finetuning/ft-gpu:{tag}"  # the default
+    no_local_secrets.setenv("FT_REGISTRY", "registry.example.com:5000/team/")
+    cfg = launch.build_task_config(spec, "s3://b/p/bundles/x", "r", [])
+    assert cfg["resources"]["image_id"] == f"docker:registry.example.com:5000/team/ft-gpu:{tag}"
+    cfg = launch.build_task_config(spec, "s3://b/p/bundles/x", "r", [], registry="123456789012.dkr.ecr."
+                                   "us-east-1.amazonaws.com")  # --registry wins over FT_REGISTRY
+    image = next(iter(launch.to_task(cfg).resources)).extract_docker_image()
+    assert image == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/ft-gpu:{tag}"
+    for bad in ("https://ghcr.io/me", "ghcr.io/Me", "ghcr.io/me:tag"):
+        no_local_secrets.setenv("FT_REGISTRY", bad)
+        with pytest.raises(BadInput, match="FT_REGISTRY"):
+            launch.build_task_config(spec, "s3://b/p/bundles/x", "r", [])
+
+
+def test_docker_login_travels_as_skypilot_secrets(catalog, no_local_secrets):
+    """A private registry: SkyPilot attaches the login to every candidate (its own parsing); the
+    values are secrets, never in the task's YAML; a partial set or another server is refused first."""
+    for name, value in {**DOCKER_LOGIN, "HF_TOKEN": "hf_secret_value_1"}.items():
+        no_local_secrets.setenv(name, value)
+    spec = _spec()
+    cfg = launch.build_task_config(spec, "s3://b/p/bundles/x", "r", pricing.candidates_for_spec(spec),
+                                   registry="ghcr.io/me")
+    secrets = launch.local_secrets(cfg)
+    assert secrets == {**DOCKER_LOGIN, "HF_TOKEN": "hf_secret_value_1"}
+    task = launch.to_task(cfg, secrets)
+    assert set(DOCKER_LOGIN) <= set(task.secrets) and not set(DOCKER_LOGIN) & set(task.envs)
+    for r in task.resources:
+        login = r.docker_login_config
+        assert login is not None and login.server == "ghcr.io" and login.username == "robot-user"
+        assert r.extract_docker_image().startswith("ghcr.io/me/ft-gpu:")
+    dumped = yaml.safe_dump(cfg)
+    assert not any(v in dumped for v in (*DOCKER_LOGIN.values(), "hf_secret_value_1") if v != "ghcr.io")
+    with pytest.raises(BadInput, match="is on quay.io"):  # SkyPilot would pull ghcr.io/quay.io/me/…
+        launch.local_secrets({**cfg, "resources": {**cfg["resources"], "image_id": "docker:quay.io/me/ft-gpu:1"}})
+    no_local_secrets.delenv("SKYPILOT_DOCKER_SERVER")
+    with pytest.raises(BadInput, match="SKYPILOT_DOCKER_SERVER not set") as refused:
+        launch.local_secrets(cfg)
+    assert "docker-pw" not in str(refused.value)
+    no_local_secrets.delenv("SKYPILOT_DOCKER_USERNAME")
+    no_local_secrets.delenv("SKYPILOT_DOCKER_PASSWORD")
+    assert launch.local_secrets(cfg) == {"HF_TOKEN": "hf_secret_value_1"}  # a public registry: no login
+    assert all(r.docker_login_config is None for r in launch.to_task(cfg, launch.local_secrets(cfg)).resources)
+
+
+def test_launch_dry_run_shows_the_registry_from_dotenv(catalog, tmp_path, no_local_secrets):
+    """FT_REGISTRY from `.env` reaches the printed task; the secrets are named, their values never shown."""
+    from images.tags import image_tag
+    from jobs.cli import app
+
+    spec_path = _demo_job(tmp_path)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / ".env").write_text("FT_REGISTRY=ghcr.io/me\n" + "".join(f"{k}={v}\n" for k, v in DOCKER_LOGIN.items()))
+    no_local_secrets.chdir(work)
+    for name in ("FT_REGISTRY", *DOCKER_LOGIN):  # what load_dotenv sets is removed after the test
+        no_local_secrets.setenv(name, "")
+        no_local_secrets.delenv(name)
+    no_local_secrets.setenv("WANDB_API_KEY", "wandb-value-0123456789")
+    args = ["launch", str(spec_path), "--stage", "sft", "--dry-run", "--run-id", "r2", "--out", str(tmp_path / "b")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = yaml.safe_load(result.output[result.output.index("name: ft-r2"):])
+    assert cfg["resources"]["image_id"] == f"docker:ghcr.io/me/ft-gpu:{image_tag('gpu')}"
+    assert "registry: FT_REGISTRY" in result.output
+    assert "SKYPILOT_DOCKER_PASSWORD" in result.output and "WANDB_API_KEY" in result.output
+    assert "docker-pw-0123456789" not in result.output and "wandb-value-0123456789" not in result.output
+    assert "robot-user" not in result.output
+    # --registry wins over .env; a bad one is refused before anything is frozen
+    bad = CliRunner().invoke(app, [*args, "--registry", "https://ghcr.io/me"])
+    assert bad.exit_code == 2 and "--registry" in bad.output and "scheme" in bad.output

@@ -19,6 +19,7 @@ that does not parse is a bad-input error naming the variable, not a traceback.
 | FT_OFFLINE | unset | never reach the Hub for a model's size (as HF_HUB_OFFLINE) |
 | FT_CATALOG_DOWNLOAD | unset | 1: let SkyPilot download missing catalogs |
 | FT_MLX_OUTPUTS | outputs/mlx | where `ft prototype` writes its adapter and results |
+| FT_REGISTRY | ghcr.io/llm-finetuning | registry of the images cloud jobs and services pull, `--push` target |
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ def catalog_download() -> bool:
 
 def mlx_outputs() -> Path:
     return Path(text("FT_MLX_OUTPUTS") or "outputs/mlx")
+
+
+def registry() -> str | None:
+    """FT_REGISTRY as given (checked and defaulted by jobs.images_ref); None when unset."""
+    return text("FT_REGISTRY")
 
 
 def secrets_present() -> dict[str, str]:
