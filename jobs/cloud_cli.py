@@ -238,8 +238,9 @@ def preflight_command(
         raise typer.Exit(report.exit_code)
 
 
-def _launch_target(target: Path, overrides: list[str], dry_run: bool):
-    """(pre-flight report, spec, spec folder, verified bundle or None) for a spec file or a bundle folder."""
+def _launch_target(target: Path, overrides: list[str], dry_run: bool, image: str | None = None):
+    """(pre-flight report, spec, spec folder, verified bundle or None) for a spec file or a bundle folder;
+    `image` is the job's image, which the pre-flight looks for in its registry."""
     from jobs import preflight
     from trainer.bundle import verify_bundle
 
@@ -248,11 +249,11 @@ def _launch_target(target: Path, overrides: list[str], dry_run: bool):
             raise BadInput(f"{target} is a frozen bundle: KEY=VALUE overrides apply to a spec file")
         bundle = verify_bundle(target)
         report = preflight.run_preflight(None, spec=bundle.spec, spec_dir=bundle.path, cloud=not dry_run,
-                                         validate_data=False)
+                                         validate_data=False, image=image)
         return report, bundle.spec, bundle.path, bundle
     if not target.is_file():
         raise BadInput(f"{target}: no such file or bundle folder")
-    report = preflight.run_preflight(target, cloud=not dry_run, overrides=overrides)
+    report = preflight.run_preflight(target, cloud=not dry_run, overrides=overrides, image=image)
     return report, report.spec, target.resolve().parent, None
 
 
@@ -315,7 +316,7 @@ def launch_command(
             raise BadInput(str(e)) from None
     image = images_ref.gpu_image(registry)  # a bad --registry / FT_REGISTRY or docker login fails first
     images_ref.docker_login(image)
-    report, spec, spec_dir, bundle = _launch_target(target, overrides or [], dry_run)
+    report, spec, spec_dir, bundle = _launch_target(target, overrides or [], dry_run, image)
     _refuse_unless_ready(report, dry_run)
     if stage and stage != "eval":
         try:
