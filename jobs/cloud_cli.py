@@ -338,9 +338,10 @@ def launch_command(
         launch.to_task(cfg, secrets)  # SkyPilot's own validation, also on --dry-run
     except Exception as e:  # noqa: BLE001 - SkyPilot's schema errors: one line, bad input
         raise BadInput(f"SkyPilot refused the task: {launch.sky_reason(e)}") from None
-    console.print(f"image:   {escape(image)} (registry: {images_ref.registry_source(registry)})", highlight=False)
+    console.print(f"image:   {escape(image)} (registry: {images_ref.registry_source(registry)})", highlight=False,
+                  soft_wrap=True)
     console.print(f"secrets: {', '.join(sorted(secrets)) or 'none set here'} (SkyPilot secrets; values never "
-                  "printed)", highlight=False)
+                  "printed)", highlight=False, soft_wrap=True)
     if dry_run:
         print(yaml.safe_dump(cfg, sort_keys=False, width=200))
         return

@@ -173,9 +173,9 @@ def serve_up(run_ref: str, stage: str | None = None, merged: str | None = None, 
         print(yaml.safe_dump(config, sort_keys=False))
         console.print("# vLLM: " + " ".join(serve.vllm_command(envs)), highlight=False, style="dim")
         console.print(f"# image: {image} (registry: {images_ref.registry_source(registry)})", highlight=False,
-                      style="dim", markup=False)
+                      style="dim", markup=False, soft_wrap=True)
         console.print(f"# secrets: {', '.join(sorted(secrets)) or 'none set here'} (SkyPilot secrets; values "
-                      "never printed)", highlight=False, style="dim", markup=False)
+                      "never printed)", highlight=False, style="dim", markup=False, soft_wrap=True)
         for p in problems:
             console.print(f"[yellow]warning:[/] {p}", highlight=False)
         return

@@ -103,6 +103,91 @@ def test_ft_serve_dry_run_prints_checked_yaml(tmp_path: Path) -> None:
     assert refused.exit_code == 2 and "local path" in refused.output
 
 
+# ------------------------------------------------------------------ image registry and secrets
+SECRETS = {"HF_TOKEN": "hf_gated_token_value", "AWS_ACCESS_KEY_ID": "AKIASERVEKEY0001",
+           "AWS_SECRET_ACCESS_KEY": "serve-secret-value-xyz", "WANDB_API_KEY": "wandb-not-for-serving-0123"}
+DOCKER_LOGIN = {"SKYPILOT_DOCKER_USERNAME": "robot-user", "SKYPILOT_DOCKER_PASSWORD": "docker-pw-0123456789",
+                "SKYPILOT_DOCKER_SERVER": "ghcr.io"}
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    from trainer.settings import SECRET_NAMES
+
+    for name in (*SECRET_NAMES, *DOCKER_LOGIN, "FT_REGISTRY"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def _store_with_run(tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    (store / "runs" / "r1").mkdir(parents=True)
+    (store / "runs" / "r1" / "run.json").write_text(json.dumps(INFO))
+    return store
+
+
+def test_serve_yaml_declares_the_replicas_secrets(clean_env: pytest.MonkeyPatch) -> None:
+    """A replica pulls an s3:// adapter (AWS keys) onto a gated base (HF_TOKEN): serve.yaml declares them,
+    and the local values travel as SkyPilot secrets, not envs; W&B's key is not a replica's business."""
+    for name, value in {**SECRETS, **DOCKER_LOGIN}.items():
+        clean_env.setenv(name, value)
+    config = serve.service_config(serve.service_envs(Run.with_record("s3://bucket/ft", INFO)),
+                                  image=serve.default_image("ghcr.io/me"))
+    assert {"HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} <= set(config["secrets"])
+    secrets = serve.service_secrets(config)
+    assert secrets == {k: v for k, v in {**SECRETS, **DOCKER_LOGIN}.items() if k != "WANDB_API_KEY"}
+    task = serve.to_task(config, secrets)
+    assert {k: v.get_secret_value() for k, v in task.secrets.items() if v.get_secret_value()} == secrets
+    assert not set(secrets) & set(task.envs)
+    res = next(iter(task.resources))
+    assert res.docker_login_config is not None and res.docker_login_config.server == "ghcr.io"
+    assert res.extract_docker_image().startswith("ghcr.io/me/ft-vllm:")
+    assert not any(v in yaml.safe_dump(config) for v in (*SECRETS.values(), "docker-pw-0123456789", "robot-user"))
+
+
+def test_serve_run_script_unsets_the_empty_secrets(tmp_path: Path) -> None:
+    """What serve.yaml's `run:` hands the entrypoint: a secret left empty is unset, a given one kept."""
+    import os
+    import subprocess
+
+    entry = tmp_path / "entrypoint.sh"
+    entry.write_text('#!/usr/bin/env bash\nfor v in HF_TOKEN AWS_ACCESS_KEY_ID MODEL_URI; do '
+                     'echo "$v=${!v-UNSET}"; done\n')
+    entry.chmod(0o755)
+    config = yaml.safe_load(serve.SERVE_YAML.read_text())
+    script = config["run"].replace("/opt/ft/vllm-entrypoint.sh", str(entry))
+    env = {"PATH": os.environ["PATH"], "HF_TOKEN": "", "AWS_ACCESS_KEY_ID": "AKIA1", "MODEL_URI": "m"}
+    out = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["HF_TOKEN=UNSET", "AWS_ACCESS_KEY_ID=AKIA1", "MODEL_URI=m"]
+
+
+def test_ft_serve_up_image_from_the_registry_setting(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    from images.tags import image_tag
+
+    store, tag = _store_with_run(tmp_path), image_tag("vllm")
+    for name, value in SECRETS.items():
+        clean_env.setenv(name, value)
+    out = CliRunner().invoke(app, ["serve", "up", "r1", "--store", str(store), "--dry-run"])
+    assert out.exit_code == 0, out.output
+    config = yaml.safe_load(out.output.split("# vLLM:")[0])
+    # A replica pulls from a registry: the default image names one (it named none before)
+    assert config["resources"]["image_id"] == f"docker:ghcr.io/llm-finetuning/ft-vllm:{tag}"
+    assert "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, HF_TOKEN (SkyPilot secrets" in out.output
+    assert not any(v in out.output for v in SECRETS.values())
+    clean_env.setenv("FT_REGISTRY", "registry.example.com/team")
+    out = CliRunner().invoke(app, ["serve", "up", "r1", "--store", str(store), "--dry-run"])
+    assert yaml.safe_load(out.output.split("# vLLM:")[0])["resources"]["image_id"] == \
+        f"docker:registry.example.com/team/ft-vllm:{tag}"
+    assert "registry: FT_REGISTRY" in out.output
+    out = CliRunner().invoke(app, ["serve", "up", "r1", "--store", str(store), "--dry-run", "--registry", "ghcr.io/me"])
+    assert yaml.safe_load(out.output.split("# vLLM:")[0])["resources"]["image_id"] == f"docker:ghcr.io/me/ft-vllm:{tag}"
+    clean_env.setenv("SKYPILOT_DOCKER_PASSWORD", "docker-pw-0123456789")  # a partial login: refused
+    out = CliRunner().invoke(app, ["serve", "up", "r1", "--store", str(store), "--dry-run"])
+    assert out.exit_code == 2 and "SKYPILOT_DOCKER_USERNAME" in out.output and "docker-pw" not in out.output
+    out = CliRunner().invoke(app, ["serve", "up", "r1", "--store", str(store), "--dry-run", "--registry", "https://x"])
+    assert out.exit_code == 2 and "--registry" in out.output
+
+
 class _StandIn(BaseHTTPRequestHandler):
     """A minimal OpenAI-compatible server (what vLLM's would answer, minus the GPU)."""
 
