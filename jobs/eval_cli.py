@@ -49,14 +49,9 @@ def _items(path: Path, field: str) -> list[str]:
     """Plain text (one item a line) or JSONL with `field` per line."""
     if path.suffix != ".jsonl":
         return read_lines(path)
-    from trainer.textio import iter_jsonl
+    from trainer.textio import read_jsonl
 
-    out = []
-    for _, row in iter_jsonl(path):
-        if isinstance(row, Exception):  # a RowError naming the file and line
-            raise row
-        out.append(row[field] if isinstance(row, dict) else str(row))
-    return out
+    return [row[field] if isinstance(row, dict) else str(row) for row in read_jsonl(path)]
 
 
 def score_files(task: str, predictions: Path, references: Path, per_item: Path | None) -> dict[str, Any]:

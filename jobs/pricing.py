@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from jobs import catalog, cost, gpu_fit
 from trainer import settings
+from trainer.errors import BadInput
 from trainer.spec import JobSpec
 
 CLOUDS = ("lambda", "aws", "runpod", "vast")
@@ -322,3 +323,20 @@ def filter_offers(offers: list[Offer], max_price: float | None = None, enabled_o
 def mark_enabled(offers: list[Offer], enabled: set[str] | None) -> None:
     for o in offers:
         o.enabled = None if enabled is None else o.cloud in enabled
+
+
+def cheapest_job_estimate(spec: JobSpec, spec_dir: Path | None = None) -> dict:
+    """The cheapest fitting offer's estimate for the whole job, as run.json's `cost.estimate` holds it
+    (what a local run would have cost in the cloud), or `{"note": why not}` when nothing here can
+    price it (no cached catalog, no fitting priced offer, a model that cannot be sized)."""
+    clouds = list(spec.resources.clouds)
+    if all(age is None for age in catalog_ages(clouds).values()):  # checked first: sizing the job takes a while
+        return {"note": "no cached SkyPilot catalog on this machine (run `sky gpus list` once online)"}
+    try:
+        offers = candidates_for_spec(spec, spec_dir)
+    except BadInput as e:
+        return {"note": f"no estimate: {e}"}
+    best = next((o for o in offers if o.est_cost is not None), None)
+    if best is None:
+        return {"note": f"no priced offer in the cached catalogs of {', '.join(clouds)} fits this job"}
+    return best.json_row() | {"basis": "the cheapest fitting cloud offer for this job, as `ft gpus CONFIG` ranks it"}

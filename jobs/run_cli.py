@@ -101,6 +101,7 @@ def demo(
     console.rule("[bold]4/6 train[/]: SFT → DPO → GRPO (LoRA, CPU)")
     run_id = f"demo-{bundle.bundle_id[:8]}" + (f"-{int(time.time())}" if fresh else "")
     layout = run_bundle(str(bundle.path), run_id=run_id, store_uri=store)
+    _record_cloud_estimate(layout, report.spec)
 
     console.rule("[bold]5/6 evaluate[/]: GSM8K accuracy, base model vs each stage")
     from trainer.evaluate import evaluate_run
@@ -132,6 +133,17 @@ def demo(
         "A 135M model after a handful of CPU steps is not expected to solve GSM8K: the demo shows the flow.\n"
         f"Next: ft eval run {layout.store.url(layout.root)} · ft merge … · ft launch configs/math_gsm8k.yaml",
         title="done"))
+
+
+def _record_cloud_estimate(run, spec) -> None:
+    """A local run costs nothing; the report shows beside it what the same job would cost in the cloud."""
+    from jobs.pricing import cheapest_job_estimate
+
+    estimate = cheapest_job_estimate(spec, DEMO_CONFIG.parent)
+    record = run.read_record()
+    if record:
+        record.setdefault("cost", {})["estimate"] = estimate
+        run.write_record(record)
 
 
 def _first_last(values: list[float], fmt: str) -> str:

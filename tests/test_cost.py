@@ -368,6 +368,20 @@ def test_instance_and_price_from_skypilots_environment():
     assert run_cost.instance_from_env({}) is None  # a local run or `ft run --docker`
 
 
+def test_the_launch_estimate_of_the_offer_the_node_turned_out_to_be():
+    rows = [{"cloud": "runpod", "region": "US", "instance_type": "1x_L40S_SECURE", "accelerator": "L40S",
+             "count": 1, "spot": True, "price_per_hour": 0.26, "est_hours": 2.0, "est_cost_usd": 0.52},
+            {"cloud": "runpod", "region": "US", "instance_type": "1x_H100_SECURE", "accelerator": "H100",
+             "count": 1, "spot": True, "price_per_hour": 1.75, "est_hours": 0.5, "est_cost_usd": 0.88}]
+    inst = run_cost.Instance("runpod", "US", None, nodes=1, gpus_per_node=1)
+    for device, expected in (("NVIDIA L40S", 0.52), ("NVIDIA H100 80GB HBM3", 0.88)):
+        found, price = run_cost.instance_price(inst, rows, device)
+        estimate = run_cost.launch_estimate(found, price, rows)
+        assert estimate["est_cost_usd"] == expected and estimate["instance_type"] == found.instance_type
+    assert run_cost.launch_estimate(None, None, rows) is None  # a local run
+    assert run_cost.launch_estimate(inst, 9.99, rows) is None  # a price no row has
+
+
 def test_run_json_cost_over_attempts():
     inst = run_cost.Instance("aws", "us-east-1", None, nodes=2, gpus_per_node=4)
     entry: dict = {}

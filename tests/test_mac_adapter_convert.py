@@ -188,13 +188,14 @@ def test_cli_adapter_convert_both_ways(tiny, tmp_path):
     hf, mlx = tiny
     ad = write_random_mlx_adapter(mlx, tmp_path / "a", num_layers=1)
     runner = CliRunner()
-    r = runner.invoke(app, ["adapter", "convert", "--from", "mlx", "--to", "peft", str(ad), "--out", str(tmp_path / "p"),
-                            "--base", str(hf)])
+    r = runner.invoke(app, ["adapter", "convert", "--from", "mlx", "--to", "peft", str(ad),
+                            "--out", str(tmp_path / "p"), "--base", str(hf)])
     assert r.exit_code == 0, r.output
     assert "lora_alpha=8" in r.output and (tmp_path / "p" / "adapter_model.safetensors").exists()
     r = runner.invoke(app, ["adapter", "convert", "--from", "peft", "--to", "mlx", str(tmp_path / "p"),
                             "--out", str(tmp_path / "m")])
     assert r.exit_code == 0, r.output
     assert "scale=2" in r.output and (tmp_path / "m" / "adapters.safetensors").exists()
-    r = runner.invoke(app, ["adapter", "convert", "--from", "mlx", "--to", "peft", str(ad), "--out", str(tmp_path / "x")])
+    r = runner.invoke(app, ["adapter", "convert", "--from", "mlx", "--to", "peft", str(ad),
+                            "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--base" in r.output

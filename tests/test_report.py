@@ -82,3 +82,32 @@ def test_ft_report_cli(report: tuple[Path, str, Path], tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["report", f"{store}/runs/{run_id}", "--out", str(tmp_path / "r.html")])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 5
+
+
+def test_cost_section_local_cloud_and_no_estimate() -> None:
+    from trainer.report import cost_section
+
+    local_stage = {"status": "done", "seconds": 60.0, "attempts": [{"instance": None, "price_per_hour": None}],
+                   "attempts_count": 1, "seconds_billed": 60.0, "gpu_hours": 0.0167, "cost_usd": 0.0}
+    estimate = {"cloud": "runpod", "instance_type": "1x_L40S_SECURE", "accelerator": "L40S", "count": 1,
+                "spot": True, "price_per_hour": 0.26, "est_hours": 0.4, "est_cost_usd": 0.1,
+                "basis": "the cheapest fitting cloud offer"}
+    local = "".join(cost_section({"stages": {"sft": local_stage}, "cost": {"instance": None, "estimate": estimate}},
+                                 ["sft"]))
+    assert "Ran locally: no cloud bill (actual $0)" in local
+    assert "about 0.40 h, $0.10 on 1× L40S on runpod 1x_L40S_SECURE (spot, $0.26/h)" in local
+    assert "<td>total</td><td>–</td><td>–</td><td>–</td><td>0</td>" in local.replace("0.0<", "0<")
+
+    cloud_stage = {**local_stage, "attempts_count": 2, "cost_usd": 0.13}
+    cloud = "".join(cost_section({"stages": {"sft": cloud_stage, "grpo": {**cloud_stage, "cost_usd": 0.2}},
+                                  "cost": {"instance": {"cloud": "runpod", "accelerator": "L40S", "gpus_per_node": 1,
+                                                        "nodes": 2, "spot": True, "instance_type": None},
+                                           "price_per_hour": 0.26, "estimate": estimate, "max_cost_usd": 5}},
+                                 ["sft", "grpo"]))
+    assert "Ran on 2 nodes × 1× L40S on runpod (spot, $0.26/h)." in cloud and "; actual $0.33." in cloud
+    assert "Budget (resources.max_cost_usd): $5.00." in cloud
+    noted = "".join(cost_section({"stages": {"sft": local_stage},
+                                  "cost": {"estimate": {"note": "no cached SkyPilot catalog on this machine"}}},
+                                 ["sft"]))
+    assert "No cloud estimate: no cached SkyPilot catalog on this machine." in noted
+    assert cost_section({"stages": {}}, []) == []

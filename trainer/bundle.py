@@ -31,8 +31,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainer.errors import BadInput
+from trainer.settings import cache_root
 from trainer.spec import JobSpec, SpecError, load_yaml, parse_spec
-from trainer.store import MARKER, STORE_FILES, cache_root, open_store, sha256_file, split_uri
+from trainer.store import MARKER, STORE_FILES, open_store, sha256_file, split_uri
 from trainer.textio import ROLE_OF_KIND, RowError, check_file
 
 MANIFEST = "manifest.json"

@@ -29,8 +29,8 @@ from trainer.errors import EXIT_BUDGET
 
 # The two variables `ft launch` writes (jobs/cost.py) and the trainer reads; listed with every other FT_*
 # variable in trainer/settings.py. EXIT_BUDGET is not in recover_on_exit_codes: SkyPilot does not retry it.
-ENV_PRICES = "FT_PRICES"  # JSON list: {cloud, region, instance_type, accelerator, count, spot, price_per_hour}
-ENV_BUDGET = "FT_MAX_COST_USD"
+ENV_PRICES = settings.PRICES_VAR
+ENV_BUDGET = settings.MAX_COST_VAR
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,25 @@ def instance_price(instance: Instance | None, prices: list[dict[str, Any]],
     found = Instance(**{**asdict(instance), "instance_type": agreed("instance_type"),
                         "accelerator": agreed("accelerator"), "spot": agreed("spot")})
     return found, float(top["price_per_hour"])
+
+
+ESTIMATE_KEYS = ("cloud", "region", "instance_type", "accelerator", "count", "spot", "price_per_hour", "est_hours",
+                 "est_cost_usd")
+
+
+def launch_estimate(instance: Instance | None, price_per_hour: float | None,
+                    prices: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the launch estimated for the offer this node turned out to be (the FT_PRICES row that
+    `instance_price` matched), so the report can put estimate and actual side by side."""
+    if instance is None or price_per_hour is None:
+        return None
+    for row in prices:
+        if (str(row.get("cloud", "")).lower() == instance.cloud and row.get("est_cost_usd") is not None
+                and float(row["price_per_hour"]) == price_per_hour
+                and instance.region in (None, row.get("region"))
+                and instance.instance_type in (None, row.get("instance_type"))):
+            return {k: row.get(k) for k in ESTIMATE_KEYS} | {"basis": "the launch's estimate for this offer"}
+    return None
 
 
 # ------------------------------------------------------------------------- run.json records

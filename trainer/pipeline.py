@@ -29,7 +29,7 @@ from trainer.preemption import PreemptionGuard
 from trainer.run import Run, new_run_id
 from trainer.spec import StageBase
 from trainer.store import open_store
-from trainer.textio import read_lines
+from trainer.textio import read_jsonl
 
 console = Console(stderr=True)
 
@@ -78,7 +78,7 @@ def _stored_rows(run: Run, stage: str, work: Path, state) -> Callable[[Callable[
             console.print(f"[bold]{stage}[/]: using the on-policy pairs sampled before ({run.store.url(key)})")
         with state.local_main_process_first():
             run.fetch_dir(key, local)
-        return [json.loads(line) for line in read_lines(local / "pairs.jsonl") if line.strip()]
+        return read_jsonl(local / "pairs.jsonl")
 
     return get
 
@@ -266,7 +266,8 @@ def _run_stages(run: Run, bundle: Bundle, bundle_uri: str, stage: str | None, st
     instance, price, budget = _where_and_price(spec)
     from trainer import cost
 
-    record["cost"] = {**record.get("cost", {}), **cost.cost_record(instance, price, budget)}
+    estimate = cost.launch_estimate(instance, price, cost.prices_from_env()) or record.get("cost", {}).get("estimate")
+    record["cost"] = {**record.get("cost", {}), **cost.cost_record(instance, price, budget, estimate)}
     record["price_per_hour"] = price
     if state.is_main_process and record["stages"]:  # a new run's record is written when its first stage starts
         run.write_record(record)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.run import Run
-from trainer.textio import read_lines
+from trainer.textio import read_jsonl
 
 
 @dataclass
@@ -75,10 +75,7 @@ def _token_lengths(data: ReportData, run: Run) -> None:
         if path is None or not path.exists():
             continue
         counts = []
-        for line in read_lines(path):
-            if not line.strip():
-                continue
-            row = json.loads(line)
+        for row in read_jsonl(path):
             messages = row.get("messages") or row.get("prompt")
             if isinstance(messages, list):
                 if role == "dpo_valid" and isinstance(row.get("chosen"), list):
@@ -220,6 +217,51 @@ def _stage_cost(info: dict[str, Any], entry: dict[str, Any]) -> float | None:
     return float(price) * entry["seconds"] / 3600 if price and entry.get("seconds") else None
 
 
+def _offer_text(offer: dict[str, Any]) -> str:
+    """A catalog offer (FT_PRICES row) or the instance a run found itself on, as one phrase."""
+    gpus = f"{offer.get('count') or offer.get('gpus_per_node') or 1}× {offer.get('accelerator') or 'GPU'}"
+    if (offer.get("nodes") or 1) > 1:
+        gpus = f"{offer['nodes']} nodes × {gpus}"
+    where = " ".join(str(offer[k]) for k in ("cloud", "instance_type") if offer.get(k))
+    spot = "spot" if offer.get("spot") else "on-demand"
+    price = f", ${offer['price_per_hour']:.2f}/h" if offer.get("price_per_hour") is not None else ""
+    return f"{gpus} on {where} ({spot}{price})"
+
+
+def cost_section(info: dict[str, Any], stages: list[str]) -> list[str]:
+    """What the run cost, stage by stage and attempt by attempt, beside what was estimated before it ran.
+    A local run costs nothing; the estimate then says what the cheapest fitting cloud offer would have."""
+    rows, total, known = [], 0.0, True
+    for stage in stages:
+        entry = info.get("stages", {}).get(stage)
+        if not entry:
+            continue
+        cost = _stage_cost(info, entry)
+        known = known and cost is not None
+        total += cost or 0.0
+        rows.append([stage, entry.get("attempts_count") or len(entry.get("attempts", [])) or None,
+                     entry.get("seconds_billed") or entry.get("seconds"), entry.get("gpu_hours"), cost])
+    if not rows:
+        return []
+    block = info.get("cost") or {}
+    rows.append(["total", None, None, None, round(total, 4) if known else None])
+    parts = ["<h2>Cost</h2>", _table(["stage", "attempts", "billed seconds", "GPU-hours", "actual ($)"], rows)]
+    where = block.get("instance")
+    parts.append(f"<p>Ran on {html.escape(_offer_text(where | {'price_per_hour': block.get('price_per_hour')}))}."
+                 "</p>" if where else "<p>Ran locally: no cloud bill (actual $0).</p>")
+    estimate = block.get("estimate")
+    if estimate and estimate.get("est_cost_usd") is not None:
+        basis = estimate.get("basis") or "the launch's estimate"
+        actual = f"; actual ${total:.2f}" if known and where else ""
+        parts.append(f"<p>Estimated before the run ({html.escape(basis)}): about {estimate['est_hours']:.2f} h, "
+                     f"${estimate['est_cost_usd']:.2f} on {html.escape(_offer_text(estimate))}{actual}.</p>")
+    elif estimate and estimate.get("note"):
+        parts.append(f"<p>No cloud estimate: {html.escape(estimate['note'])}.</p>")
+    if block.get("max_cost_usd") is not None:
+        parts.append(f"<p>Budget (resources.max_cost_usd): ${block['max_cost_usd']:.2f}.</p>")
+    return parts
+
+
 # ------------------------------------------------------------------------------------- html
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:960px;margin:2em auto;color:#222;padding:0 1em}
@@ -267,7 +309,8 @@ def render(data: ReportData, figures: list[Figure]) -> str:
         stage_rows.append([stage, entry.get("method"), entry.get("status"), entry.get("steps"),
                            entry.get("seconds"), losses[-1] if losses else None, _stage_cost(info, entry)])
     stages = _table(["stage", "method", "status", "steps", "seconds", "last loss", "cost ($)"], stage_rows)
-    parts = [f"<h1>Run report: {html.escape(run_id)}</h1>", "<h2>Run</h2>", summary, "<h2>Stages</h2>", stages]
+    parts = [f"<h1>Run report: {html.escape(run_id)}</h1>", "<h2>Run</h2>", summary, "<h2>Stages</h2>", stages,
+             *cost_section(info, data.stage_order)]
     if data.comparison and data.comparison.get("rows"):
         cols = ["accuracy"] if data.comparison["task"] == "gsm8k" else ["bleu", "chrf", "ter", "comet"]
         parts += ["<h2>Evaluation</h2>", _table(["stage", *cols, "n", "source"],

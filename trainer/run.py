@@ -35,7 +35,7 @@ from trainer.errors import BadInput
 from trainer.settings import DEFAULT_STORE, cache_root
 from trainer.spec import JobSpec, check_name, parse_spec
 from trainer.store import MARKER, LocalStore, Store, open_store
-from trainer.textio import lines
+from trainer.textio import read_jsonl
 
 if TYPE_CHECKING:
     from trainer.bundle import Bundle
@@ -262,16 +262,9 @@ class Run:
             return None
 
     def read_jsonl(self, key: str) -> list[dict[str, Any]]:
-        """Rows of a JSONL object; a last line cut off by preemption is skipped, the rest is good."""
+        """Rows of a JSONL object the trainer wrote (metrics): a last line cut off by preemption is skipped."""
         try:
             text = self.store.read_text(key)
         except FileNotFoundError:
             return []
-        rows = []
-        for line in lines(text):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        return rows
+        return read_jsonl(self.url(key), text=text, tolerate_cut_last_line=True)

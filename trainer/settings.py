@@ -35,6 +35,9 @@ SECRET_NAMES = ("HF_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_AC
                 "SKYPILOT_DOCKER_PASSWORD")
 
 DEFAULT_STORE = "./outputs/store"
+# Set by `ft launch` in the task's envs and read by the trainer with an explicit mapping (trainer/cost.py).
+PRICES_VAR = "FT_PRICES"  # JSON list: {cloud, region, instance_type, accelerator, count, spot, price_per_hour, …}
+MAX_COST_VAR = "FT_MAX_COST_USD"
 
 
 def text(name: str) -> str | None:

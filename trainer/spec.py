@@ -21,14 +21,6 @@ from trainer.errors import BadInput
 BUILTIN_MODEL = "builtin:smollm2-135m"
 
 
-def builtin_model_dir() -> Path:
-    """The built-in GGUF converted to a safetensors folder: shared by the trainer and the Mac side, so
-    it is converted once per machine."""
-    from trainer.store import cache_root
-
-    return cache_root() / "models" / "smollm2-135m"
-
-
 class SpecError(BadInput):
     """A spec that cannot be used (exit 2). `problems` holds (location, message) pairs."""
 

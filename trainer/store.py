@@ -34,7 +34,6 @@ from rich.progress import (
 
 from trainer import settings
 from trainer.errors import BadInput, Retryable
-from trainer.settings import cache_root  # noqa: F401 - re-exported until bundle.py and spec.py import settings
 
 MARKER = "_COMPLETE"
 MANIFEST = "_MANIFEST.json"
