@@ -145,6 +145,9 @@ def _device_requests(gpus: str) -> list[Any]:
     if value == "all":
         return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
     if value.isdigit():
+        if int(value) == 0:  # docker's count 0: no GPU at all, never what `--devices 0` means
+            raise DockerRunError(f"--gpus {gpus!r} is a count of zero GPUs: device=0 for the first GPU, none for "
+                                 "the CPU")
         return [DeviceRequest(count=int(value), capabilities=[["gpu"]])]
     ids = [i.strip() for i in value.removeprefix("device=").split(",") if i.strip()]
     if not ids:

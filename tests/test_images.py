@@ -255,6 +255,99 @@ def test_local_store_is_created_for_the_container_user(tmp_path: Path) -> None:
     assert store.is_dir() and store.stat().st_uid == int(req["user"].split(":")[0])
 
 
+# ------------------------------------------------------------------ GPUs by default (ft run --docker)
+def _fake_nvidia_smi(folder: Path, output: str, code: int = 0) -> dict[str, str]:
+    """A PATH whose nvidia-smi prints `output` for `-L` and exits `code` (the host's GPUs, without a GPU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exe = folder / "nvidia-smi"
+    exe.write_text(f"#!/bin/sh\n[ \"$1\" = -L ] || exit 9\ncat <<'EOF'\n{output}\nEOF\nexit {code}\n")
+    exe.chmod(0o755)
+    return {"PATH": f"{folder}:/usr/bin:/bin"}
+
+
+H200S = "\n".join(f"GPU {i}: NVIDIA H200 (UUID: GPU-0000000{i}-aaaa-bbbb-cccc-dddddddddddd)" for i in range(2))
+
+
+def test_default_devices_are_every_gpu_the_host_has(tmp_path: Path) -> None:
+    assert docker_run.default_devices(_fake_nvidia_smi(tmp_path / "a", H200S), {}) == \
+        ("all", "using all 2 GPUs (nvidia-smi -L); --devices 0,1 for some, none for the CPU")
+    failed = _fake_nvidia_smi(tmp_path / "b", "NVIDIA-SMI has failed because it couldn't communicate with the "
+                              "NVIDIA driver.", code=9)
+    devices, note = docker_run.default_devices(failed, {})
+    assert devices is None and "no GPU found" in note and "couldn't communicate" in note
+    no_smi = {"PATH": str(tmp_path / "empty")}
+    assert docker_run.default_devices(no_smi, {"Runtimes": {"runc": {}, "nvidia": {}}})[0] == "all"
+    cdi = {"DiscoveredDevices": [{"Source": "cdi", "ID": f"nvidia.com/gpu={i}"} for i in ("0", "1", "2", "all")]}
+    assert docker_run.default_devices(no_smi, cdi) == \
+        ("all", "using all 3 GPUs (docker info: CDI devices); --devices 0,1 for some, none for the CPU")
+    devices, note = docker_run.default_devices(no_smi, {"Runtimes": {"runc": {}}})
+    assert devices is None and "runs on the CPU" in note
+    # a remote daemon: this machine's GPUs are not the ones the container gets
+    remote = {**_fake_nvidia_smi(tmp_path / "c", H200S), "DOCKER_HOST": "tcp://gpu-box:2376"}
+    assert docker_run.default_devices(remote, {"Runtimes": {"runc": {}}})[0] is None
+    req = run_request("s3://b/p/bundles/x", "none", environ={})
+    assert "device_requests" not in req and "ulimits" not in req
+
+
+def test_ft_run_docker_defaults_to_the_hosts_gpus(bundle: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    store = str(tmp_path / "store")
+    path = _fake_nvidia_smi(tmp_path / "gpu-host", H200S)["PATH"]
+    monkeypatch.setenv("PATH", path)
+    result = CliRunner().invoke(app, ["run", str(bundle), "--docker", "--dry-run", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert " --gpus all " in result.stdout and "--ulimit memlock=-1" in result.stdout
+    assert "using all 2 GPUs" in result.stderr
+    monkeypatch.setenv("PATH", f"{tmp_path / 'cpu-host'}:/usr/bin:/bin")  # no nvidia-smi, no daemon
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-docker.sock'}")
+    result = CliRunner().invoke(app, ["run", str(bundle), "--docker", "--dry-run", "--store", store])
+    assert result.exit_code == 0, result.output
+    assert "--gpus" not in result.stdout and "no GPU found on this host" in result.stderr
+    result = CliRunner().invoke(app, ["run", str(bundle), "--docker", "--dry-run", "--store", store,
+                                                      "--devices", "0,1"])
+    assert "--gpus '\"device=0,1\"'" in result.stdout and "no GPU" not in result.stderr  # asked: no guessing
+    result = CliRunner().invoke(app, ["run", str(bundle), "--docker", "--dry-run", "--store", store, "--devices", "0"])
+    assert result.exit_code == 2 and "device=0" in result.stderr  # docker's count 0 would run without GPUs
+
+
+# ------------------------------------------------------------------------- registry of the images
+def test_registry_values_are_checked() -> None:
+    from trainer.errors import BadInput
+
+    for good in ("ghcr.io/me", "ghcr.io/me/", "localhost:5000/team", "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                 "me", "registry.example.com/a/b-c_d"):
+        assert tags.check_registry(good) == good.rstrip("/")
+    for bad in ("https://ghcr.io/me", "ghcr.io/Me", "ghcr.io/me:v1", "ghcr.io//me", "", "ghcr.io/me me"):
+        with pytest.raises(BadInput, match="--registry"):
+            tags.check_registry(bad)
+    assert tags.registry_host("ghcr.io/me/ft-gpu:t") == "ghcr.io" and tags.registry_host("me/ft-gpu:t") is None
+
+
+def test_image_build_push_needs_a_registry_and_names_what_launch_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before any daemon is asked: --push without a registry, a registry that is not one."""
+    from typer.testing import CliRunner
+
+    from images.cli import image_app
+    from jobs import images_ref
+
+    monkeypatch.delenv("FT_REGISTRY", raising=False)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    result = CliRunner().invoke(image_app, ["build", "gpu", "--push"])
+    assert result.exit_code != 0 and "--push needs a registry" in str(result.exception)
+    result = CliRunner().invoke(image_app, ["build", "gpu", "--registry", "https://ghcr.io/me", "--push"])
+    assert "no scheme" in str(result.exception)
+    monkeypatch.setenv("FT_REGISTRY", "ghcr.io/Me")
+    result = CliRunner().invoke(image_app, ["build", "gpu"])
+    assert "FT_REGISTRY" in str(result.exception)
+    # the name `ft image build gpu --registry R --push` pushes is the one `ft launch --registry R` runs
+    assert images_ref.gpu_image("ghcr.io/me") == tags.image_ref("gpu", "ghcr.io/me")
+    assert images_ref.vllm_image("ghcr.io/me") == tags.image_ref("vllm", "ghcr.io/me")
+
+
 def test_import_images_does_not_import_docker() -> None:
     code = "import images, images.docker_run, images.tags, images.cli, sys; assert 'docker' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

@@ -55,6 +55,29 @@ def test_job_yaml_is_a_valid_skypilot_task(name):
     assert not task.file_mounts and not task.storage_mounts  # no bucket mounts: the trainer syncs itself
 
 
+def test_every_image_line_names_the_registry_ft_replaces():
+    """The YAMLs name the project's registry (what `sky jobs launch` runs as is); `ft launch` / `ft serve up`
+    swap in the registry setting's content-hash tag. No YAML declares the docker login: empty values
+    would make SkyPilot log in to a server named "" and pull `/ghcr.io/…`; `ft` adds it only when set."""
+    import sky
+    from jobs import images_ref
+
+    for name in JOB_YAMLS:
+        raw = _raw(name)
+        assert raw["resources"]["image_id"] == f"docker:{images_ref.GPU_IMAGE}", name
+        assert not set(raw.get("secrets") or {}) & set(images_ref.DOCKER_LOGIN), name
+        task = sky.Task.from_yaml_config(raw, env_overrides=ENVS)
+        assert all(r.docker_login_config is None for r in task.resources)
+    serve_raw = yaml.safe_load((REPO / "sky" / "serve.yaml").read_text())
+    assert serve_raw["resources"]["image_id"] == f"docker:{images_ref.VLLM_IMAGE}"
+    assert not set(serve_raw["secrets"]) & set(images_ref.DOCKER_LOGIN)
+    assert images_ref.GPU_IMAGE.startswith(images_ref.REGISTRY + "/")
+    # with the login given (`sky jobs launch … --secret SKYPILOT_DOCKER_…`), SkyPilot attaches it
+    login = {"SKYPILOT_DOCKER_USERNAME": "u", "SKYPILOT_DOCKER_PASSWORD": "p", "SKYPILOT_DOCKER_SERVER": "ghcr.io"}
+    task = sky.Task.from_yaml_config(_raw("sft"), env_overrides=ENVS, secrets_overrides=login)
+    assert {r.docker_login_config.server for r in task.resources} == {"ghcr.io"}
+
+
 def test_sky_config_is_valid_layered_config():
     from sky.utils import common_utils, schemas
 
