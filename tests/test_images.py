@@ -152,7 +152,7 @@ def test_image_tag_cli_prints_the_reference() -> None:
 
 # ----------------------------------------------------------------------------------------- locks
 @pytest.mark.parametrize("package", ["torch", "transformers", "trl", "peft", "accelerate", "datasets",
-                                     "deepspeed", "bitsandbytes", "lm_eval"])
+                                     "deepspeed", "bitsandbytes", "lm_eval", "wandb"])
 def test_gpu_lock_pins_the_versions_tested_here(package: str) -> None:
     pins = dict(line.split("==") for line in (ROOT / "images/locks/gpu.txt").read_text().splitlines()
                 if line and not line.startswith("#"))
