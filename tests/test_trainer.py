@@ -618,3 +618,25 @@ def test_budget_reached_mid_stage_checkpoints_and_exits_3(translation_bundle, tm
     assert entry["status"] == "stopped_budget" and entry["cost_usd"] > 0.5
     assert record["cost"]["price_per_hour"] == 36000.0 and record["cost"]["instance"]["cloud"] == "runpod"
     assert list((store / "runs/budget/sft/checkpoints").glob("*/_COMPLETE"))
+
+
+def test_wandb_key_reports_offline_and_stays_out_of_the_store(tmp_path, math_data, tiny_model_dir):
+    """WANDB_API_KEY set adds W&B to report_to, so wandb must be installed (the train extra, the GPU image's
+    lock): a short SFT run offline succeeds, writes W&B's offline run under the trainer's run name, and the
+    key's value is in no file of the store nor in the trainer's output."""
+    bundle = _variant(tmp_path, math_data, tiny_model_dir, "lora")
+    key = "0123456789abcdef" * 2 + "fake0000"  # 40 characters, as a real key has; never sent anywhere
+    wandb_dirs = {name: str(tmp_path / "wandb" / name.lower()) for name in
+                  ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR")}
+    environ = {**env(tmp_path), **wandb_dirs, "WANDB_API_KEY": key, "WANDB_MODE": "offline",
+               "WANDB_SILENT": "true"}
+    environ.pop("WANDB_DISABLED", None)  # conftest disables W&B for every other test
+    result = run_trainer(bundle, tmp_path / "store", "wb", tmp_path, "--stage", "sft", environ=environ)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted((Path(wandb_dirs["WANDB_DIR"]) / "wandb").glob("offline-run-*"))
+    assert runs and runs[-1].name.endswith("-wb-sft"), runs  # WANDB_RUN_ID: the same run after a recovery
+    assert list(runs[-1].glob("*.wandb")), list(runs[-1].iterdir())
+    store_files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert any(p.name == "metrics.jsonl" for p in store_files)
+    assert [p for p in store_files if key.encode() in p.read_bytes()] == []
+    assert key not in result.stderr
