@@ -107,7 +107,8 @@ def eval_run(target: str, task: str | None = None, stage: str | None = None, lim
         result = results[stages[0]]
     else:
         if test_file is None and not tasks:
-            fail(f"{target!r} is not a run in {resolve_store(store)}; for a model folder or Hub id pass --test FILE")
+            fail(f"{target!r} is not a run in {resolve_store(store)}; for a model folder or Hub id pass --test FILE",
+                 2)
         rows = evaluate.load_test_rows(test_file) if test_file else None
         with console.status(f"evaluating {target}"):
             if tasks:

@@ -60,6 +60,13 @@ def test_errors_we_explain_end_in_their_exit_code_and_one_message(error, code):
     _no_traceback(result, code, "error:", str(error).split()[0])
 
 
+def test_the_hubs_closed_client_after_its_retries_is_the_network():
+    # what huggingface_hub raises, unchained, when the Hub cannot be resolved at all (seen on this machine)
+    closed = RuntimeError("Cannot send a request, as the client has been closed.")
+    result = CliRunner().invoke(_probe_app(closed), ["boom"])
+    _no_traceback(result, 75, "network unavailable")
+
+
 def test_a_bug_keeps_its_traceback():
     result = CliRunner().invoke(_probe_app(KeyError("a bug")), ["boom"])
     assert isinstance(result.exception, KeyError) and result.exit_code == 1
@@ -93,6 +100,15 @@ def test_the_message_is_masked(monkeypatch):
     (["image", "tag", "gpu", "--build-arg", "NOEQUALS"], 2, ["expected KEY=VALUE"]),
     (["adapter", "convert", str(REPO), "--out", "/tmp/x", "--from", "mlx", "--to", "mlx"], 2, ["same format"]),
     (["model", "convert", "builtin:smollm2-135m", "--out", "/tmp/x", "--dtype", "int3"], 2, ["--dtype int3"]),
+    (["eval", "run", "no-such-run", "--store", "/tmp/ft-no-store"], 2, ["not a run in", "--test FILE"]),
+    (["eval", "run", "s3:/one-slash/runs/x"], 2, ["its store", "two slashes"]),
+    (["eval", "score", "--task", "bleu", "--predictions", "p", "--references", "r"], 2, ["--task 'bleu'"]),
+    (["serve", "up", "no-such-run", "--store", "/tmp/ft-no-store", "--dry-run"], 2, ["no run at"]),
+    (["merge", "no-such-run", "--store", "/tmp/ft-no-store", "--out", "/tmp/x"], 2, ["no run at"]),
+    (["report", "no-such-run", "--store", "/tmp/ft-no-store"], 2, ["no run at"]),
+    (["push", "no-such-run", "--store", "/tmp/ft-no-store", "--hub", "a/b", "--dry-run"], 2, ["no run at"]),
+    (["chat", "not-a-run-or-cached-model", "--store", "/tmp/ft-no-store"], 2, ["HF_HUB_OFFLINE"]),
+    (["status", "no-such-run", "--store", "/tmp/ft-no-store", "--no-job"], 2, ["no run"]),
 ])
 def test_no_user_error_prints_a_traceback(argv, code, words, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

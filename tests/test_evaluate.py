@@ -25,10 +25,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
 
 
 def test_run_from_ref() -> None:
-    assert Run.from_ref("s3://b/p/runs/abc") == Run("s3://b/p", "abc")
+    assert Run.from_ref("s3://bkt/p/runs/abc") == Run("s3://bkt/p", "abc")
     assert Run.from_ref("/data/store/runs/abc/") == Run("/data/store", "abc")
-    assert Run.from_ref("abc", "s3://b/x") == Run("s3://b/x", "abc")
-    for bad in ("some/folder", "s3://b/runs/", "s3://b/runs/a/b"):
+    assert Run.from_ref("abc", "s3://bkt/x") == Run("s3://bkt/x", "abc")
+    for bad in ("some/folder", "s3://bkt/runs/", "s3://bkt/runs/a/b", "s3:/bkt/runs/a", "s3://B/runs/a"):
         with pytest.raises(BadInput):
             Run.from_ref(bad)
 

@@ -120,11 +120,20 @@ def _hub_offline(chain: list[BaseException]) -> tuple[int, str] | None:
     return None
 
 
+# huggingface_hub retries a failed request on its httpx client and, once that client is closed, ends
+# with this RuntimeError alone (the name-resolution or connect error is not chained): still the network.
+_CLOSED_CLIENT = "Cannot send a request, as the client has been closed"
+
+
 def _network(chain: list[BaseException]) -> tuple[int, str] | None:
     for e in chain:
         name = type(e).__name__
         if name in _NETWORK or isinstance(e, TimeoutError | ConnectionError):
             return EXIT_RETRYABLE, f"network unavailable (retryable, {name}): {first_line(chain[0])}"
+        if isinstance(e, RuntimeError) and _CLOSED_CLIENT in str(e):
+            return EXIT_RETRYABLE, ("network unavailable (retryable): the Hugging Face Hub could not be reached "
+                                    "(a model name that is not a run, a local folder or in the HF cache is "
+                                    "looked up on the Hub)")
     return None
 
 

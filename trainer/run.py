@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.errors import BadInput
 from trainer.settings import DEFAULT_STORE, cache_root
-from trainer.spec import JobSpec, check_name, parse_spec
+from trainer.spec import JobSpec, check_name, parse_spec, store_uri_problem
 from trainer.store import MARKER, LocalStore, Store, open_store
 from trainer.textio import read_jsonl
 
@@ -93,6 +93,9 @@ class Run:
             store, _, run_id = ref.rpartition("/runs/")
             if not run_id or "/" in run_id:
                 raise BadInput(f"{ref!r}: expected …/runs/<run-id>")
+            problem = store_uri_problem(store)
+            if problem:
+                raise BadInput(f"{ref!r}: its store {store!r}: {problem}")
             return cls(store, run_id)
         if "/" in ref:
             raise BadInput(f"{ref!r} is not a run: expected s3://…/runs/<id>, <store>/runs/<id> or a run id")
@@ -100,11 +103,17 @@ class Run:
 
     @classmethod
     def find(cls, ref: str, store_uri: str = DEFAULT_STORE) -> Run | None:
-        """The run `ref` names when it has a run.json; None for a model folder, a Hub id or nothing."""
+        """The run `ref` names when it has a run.json; None for a model folder, a Hub id or nothing. A
+        reference shaped like a run's (`…/runs/<id>`) with a broken store is an error, not a model name."""
         try:
             run = cls.from_ref(ref, store_uri)
+        except BadInput:
+            if "/runs/" in ref:
+                raise
+            return None
+        try:
             return run if run.store.exists(run.record_key) else None
-        except (ValueError, OSError):
+        except OSError:
             return None
 
     @cached_property
