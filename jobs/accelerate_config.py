@@ -123,13 +123,28 @@ ACCELERATE: dict[str, dict[str, Any]] = {
 DS_FILES = {"deepspeed_zero2": "ds_zero2.json", "deepspeed_zero3_offload": "ds_zero3_offload.json"}
 
 
+# The spec's `model.dtype` → accelerate's --mixed_precision. `auto` is decided on the node by the job
+# YAML's run script (bf16 on compute capability 8+, fp16 before), as trainer.models.decide_placement
+# decides it for the model itself.
+MIXED_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "no", "auto": "auto"}
+
+
+def mixed_precision_for(spec: JobSpec) -> str:
+    """bf16 | fp16 | no, or auto (the node's GPU decides) for the spec's `model.dtype`."""
+    return MIXED_PRECISION[spec.model.dtype]
+
+
 def accelerate_config(strategy: str, num_machines: int = 1, machine_rank: int = 0, num_processes: int = 1,
-                      main_process_ip: str | None = None, ds_dir: Path | None = None) -> dict[str, Any]:
-    """The accelerate config for one node of a `num_machines` × GPUs job."""
+                      main_process_ip: str | None = None, ds_dir: Path | None = None,
+                      mixed_precision: str = "bf16") -> dict[str, Any]:
+    """The accelerate config for one node of a `num_machines` × GPUs job. `mixed_precision` `auto` keeps
+    the bf16 placeholder: the run script's --mixed_precision flag (decided on the node) overrides it."""
     if strategy not in ACCELERATE:
         raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
     cfg = copy.deepcopy(ACCELERATE[strategy])
     cfg.update(num_machines=num_machines, machine_rank=machine_rank, num_processes=num_processes)
+    if mixed_precision != "auto":
+        cfg["mixed_precision"] = mixed_precision
     if num_machines > 1:
         cfg.update(main_process_ip=main_process_ip, main_process_port=MAIN_PROCESS_PORT)
     if strategy in DS_FILES:

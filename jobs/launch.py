@@ -53,12 +53,15 @@ def _b64(text: str) -> str:
 
 
 def accelerate_envs(spec: JobSpec) -> dict[str, str]:
-    """FT_STRATEGY and the base64 accelerate/DeepSpeed configs the YAML's run script writes out."""
+    """FT_STRATEGY, FT_MIXED_PRECISION (the spec's model.dtype as bf16 | fp16 | no | auto) and the base64
+    accelerate/DeepSpeed configs the YAML's run script writes out."""
     strategy = accelerate_config.strategy_for(spec)
+    mixed = accelerate_config.mixed_precision_for(spec)
     if strategy is None:
-        return {"FT_STRATEGY": "ddp"}
-    cfg = accelerate_config.accelerate_config(strategy, num_machines=spec.distributed.num_nodes)
-    envs = {"FT_STRATEGY": strategy}
+        return {"FT_STRATEGY": "ddp", "FT_MIXED_PRECISION": mixed}
+    cfg = accelerate_config.accelerate_config(strategy, num_machines=spec.distributed.num_nodes,
+                                              mixed_precision=mixed)
+    envs = {"FT_STRATEGY": strategy, "FT_MIXED_PRECISION": mixed}
     if strategy in accelerate_config.DEEPSPEED:
         cfg["deepspeed_config"]["deepspeed_config_file"] = f"{ACCEL_DIR_ON_NODE}/deepspeed.json"
         envs["FT_DEEPSPEED_CONFIG"] = _b64(json.dumps(accelerate_config.DEEPSPEED[strategy], indent=2))

@@ -199,3 +199,72 @@ def test_deepspeed_json_validated_by_deepspeed(strategy):
     os.environ.setdefault("WORLD_SIZE", "1")
     ds = DeepSpeedConfig(resolved)
     assert ds.train_batch_size == 16 and ds.zero_optimization_stage == parsed_zero.stage
+
+
+def _run_rendered(cfg: dict, env: dict[str, str], tmp_path: Path, nvidia_smi: str | None = None) -> list[str]:
+    """Run a task `ft launch` rendered (its own `run:` text and envs) with recorders for python and
+    accelerate, and optionally an `nvidia-smi` that reports `nvidia_smi` as the compute capability;
+    return accelerate's argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.txt"
+    for tool in ("python", "accelerate"):
+        shim = bin_dir / tool
+        shim.write_text(f"#!/usr/bin/env bash\nif [ {tool} = accelerate ]; then printf '%s\\n' \"$@\" > {log}; fi\n")
+        shim.chmod(0o755)
+    if nvidia_smi is not None:
+        (bin_dir / "nvidia-smi").write_text(f"#!/usr/bin/env bash\necho {nvidia_smi}\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    full_env.update({k: "" if v is None else str(v) for k, v in cfg["envs"].items()})
+    full_env.update(env)
+    proc = subprocess.run(["bash", "-c", cfg["run"]], env=full_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return log.read_text().splitlines()
+
+
+def _mixed(argv: list[str]) -> str:
+    return argv[argv.index("--mixed_precision") + 1]
+
+
+@pytest.mark.parametrize(("dtype", "strategy", "expected"), [
+    ("bfloat16", "ddp", "bf16"), ("float16", "ddp", "fp16"), ("float32", "ddp", "no"),
+    ("float16", "fsdp", "fp16"), ("float16", "none", "fp16"), ("float32", "deepspeed_zero2", "no")])
+def test_mixed_precision_follows_model_dtype(dtype, strategy, expected, tmp_path):
+    """`ft launch` renders the task; its own run text passes the spec's model.dtype to accelerate (two
+    GPUs on the node), and the accelerate config it ships says the same."""
+    from jobs.launch import build_task_config
+    from trainer.spec import parse_spec
+
+    spec = parse_spec({"name": "x", "model": {"base": "m-7B", "dtype": dtype},
+                       "data": {"task": "math", "sft_train": "a"}, "stages": [{"method": "sft"}],
+                       "distributed": {"strategy": strategy}})
+    cfg = build_task_config(spec, ENVS["BUNDLE"], "run-1", [], stage="sft", image="img:1")
+    assert cfg["envs"]["FT_MIXED_PRECISION"] == expected
+    assert "bf16" not in cfg["run"].split("--mixed_precision")[1].split("\\")[0]  # nothing hard-coded
+    argv = _run_rendered(cfg, {"SKYPILOT_NUM_GPUS_PER_NODE": "2"}, tmp_path, nvidia_smi="7.5")
+    assert _mixed(argv) == expected
+    if strategy != "none":
+        shipped = yaml.safe_load(Path("/tmp/ft-accelerate/accelerate.yaml").read_text())
+        assert shipped["mixed_precision"] == expected
+
+
+@pytest.mark.parametrize(("capability", "expected"), [("7.5", "fp16"), ("7.0", "fp16"), ("8.0", "bf16"),
+                                                      ("9.0", "bf16"), (None, "bf16")])
+@pytest.mark.parametrize("name", ["sft", "dpo", "grpo", "pipeline"])  # eval.yaml runs one process
+def test_mixed_precision_auto_asks_the_gpu(name, capability, expected, tmp_path):
+    """model.dtype auto: the node's GPU decides as trainer.models.decide_placement does (bf16 on compute
+    capability 8+, fp16 before); without nvidia-smi, bf16."""
+    from jobs.launch import build_task_config
+    from trainer.spec import parse_spec
+
+    spec = parse_spec({"name": "x", "model": {"base": "m-7B"}, "data": {"task": "math", "sft_train": "a"},
+                       "stages": [{"method": "sft"}], "distributed": {"strategy": "ddp"}})
+    stage = None if name == "pipeline" else "sft"
+    cfg = build_task_config(spec, ENVS["BUNDLE"], "run-1", [], stage=stage, image="img:1")
+    if name in ("dpo", "grpo"):  # same run text; rendered from its own file
+        cfg = {**cfg, "run": _raw(name)["run"]}
+    assert cfg["envs"]["FT_MIXED_PRECISION"] == "auto"
+    argv = _run_rendered(cfg, {"SKYPILOT_NUM_GPUS_PER_NODE": "4"}, tmp_path, nvidia_smi=capability)
+    assert _mixed(argv) == expected
+    assert _raw(name)["envs"]["FT_MIXED_PRECISION"] == "auto"
