@@ -12,8 +12,10 @@ The estimate adds up the parts that dominate a TRL run on CUDA, per stage, in Gi
   same base with the adapter switched off (TRL + PEFT), so it costs no weights; full fine-tuning
   keeps a second frozen copy of the weights;
 - GRPO: the generation batch (per-device batch × accumulation) is generated at once, its KV cache
-  sized to prompt + completion; with vLLM colocated (`use_vllm` auto/on) vLLM holds its own bf16
-  copy of the weights;
+  sized to prompt + completion. TRL 1.x has no `max_prompt_length` (it never truncates a prompt); the
+  trainer drops prompts longer than the stage's `max_length` (trainer/recipes/grpo.py), so a prompt is
+  at most `max_length` tokens and a sequence at most `max_length + max_completion_length`; with vLLM
+  colocated (`use_vllm` auto/on) vLLM holds its own bf16 copy of the weights;
 - activations: with gradient checkpointing one saved hidden state per layer plus one layer being
   recomputed; without it every layer's intermediate tensors; the logits (see LOGIT_BYTES_*);
 - a fixed CUDA context / allocator reserve.
@@ -44,7 +46,6 @@ CUDA_RESERVE_GIB = 1.5  # CUDA context, cuBLAS workspace, allocator slack
 # (row by row): bf16 logits + their grad + a row's fp32 temporaries.
 LOGIT_BYTES_SFT = 14
 LOGIT_BYTES_LOGPROB = 6
-GRPO_PROMPT_TOKENS = 512  # TRL's default max_prompt_length
 USABLE_FRACTION = 0.92  # leave headroom: fragmentation, NCCL buffers
 
 
@@ -270,7 +271,7 @@ def estimate_stage(spec: JobSpec, stage: StageBase, shape: ModelShape, num_gpus:
         if not lora:
             est.parts["reference model"] = shape.params * 2 / (n if shard_params else 1) / GIB
     if isinstance(stage, GRPOStage):
-        seq = min(GRPO_PROMPT_TOKENS, stage.max_length) + stage.max_completion_length
+        seq = stage.max_length + stage.max_completion_length  # the prompt budget + the completion
         gen_batch = stage.per_device_train_batch_size * stage.gradient_accumulation_steps
         est.parts["generation kv-cache"] = gen_batch * seq * shape.kv_bytes_per_token() / GIB
         if stage.use_vllm != "off":

@@ -128,9 +128,10 @@ class TokenCounter:
     pieces (the tokenizer's ids for a 50 MB row would take gigabytes), stopping once it is past
     `stop_after` tokens: past max_length the exact count does not matter, only that it is truncated."""
 
-    def __init__(self, tokenizer: Any, stop_after: int | None = None):
+    def __init__(self, tokenizer: Any, stop_after: int | None = None, generation_prompt: bool = False):
         self.tokenizer = tokenizer
         self.stop_after = stop_after
+        self.generation_prompt = generation_prompt  # a GRPO prompt is counted as TRL feeds it: answer invited
 
     def _count(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -144,7 +145,8 @@ class TokenCounter:
         return total
 
     def lengths(self, items: list[list[dict] | str]) -> list[int]:
-        texts = [x if isinstance(x, str) else self.tokenizer.apply_chat_template(x, tokenize=False) for x in items]
+        texts = [x if isinstance(x, str) else self.tokenizer.apply_chat_template(
+            x, tokenize=False, add_generation_prompt=self.generation_prompt) for x in items]
         short = [t for t in texts if len(t) <= LONG_TEXT]
         counted = iter(self._count(short) if short else [])
         return [next(counted) if len(t) <= LONG_TEXT else self._count_long(t) for t in texts]
@@ -154,9 +156,10 @@ class _Lengths:
     """Token lengths of a file's rows, counted in batches into its report; truncation is reported once
     per file (a long tail of rows is a setting, not many problems)."""
 
-    def __init__(self, report: FileReport, tokenizer: Any, max_length: int | None):
-        self.report, self.max_length = report, max_length
-        self.counter = TokenCounter(tokenizer, max_length) if tokenizer is not None else None
+    def __init__(self, report: FileReport, tokenizer: Any, max_length: int | None, kind: Kind | None = None):
+        self.report, self.max_length, self.kind = report, max_length, kind
+        self.counter = TokenCounter(tokenizer, max_length, generation_prompt=kind == "grpo") \
+            if tokenizer is not None else None
         self.pending: list[tuple[int, list[dict] | str]] = []
         self.truncated_lines: list[int] = []  # the first five
 
@@ -186,7 +189,21 @@ class _Lengths:
     def finish(self) -> None:
         self.flush()
         r, shown = self.report, self.truncated_lines
-        if r.truncated:
+        lines = f"lines {', '.join(map(str, shown))}{', …' if r.truncated > 5 else ''}"
+        if r.truncated and self.kind == "grpo":
+            # The trainer drops GRPO prompts over the stage's prompt budget (TRL does not truncate them);
+            # when none is left it stops with exit 2 -- better said here, before any GPU is rented.
+            if r.truncated == r.token_counted:
+                r.add(shown[0], "error",
+                      f"every GRPO prompt ({r.truncated}) is longer than the stage's prompt budget max_length "
+                      f"{self.max_length} tokens; the GRPO stage would stop with nothing to train on "
+                      f"(raise the GRPO stage's max_length)")
+            else:
+                share = 100 * r.truncated / max(r.token_counted, 1)
+                r.add(shown[0], "warning",
+                      f"{r.truncated} GRPO prompts ({share:.1f}%) are longer than the stage's prompt budget "
+                      f"max_length {self.max_length} tokens and will be dropped ({lines})")
+        elif r.truncated:
             share = 100 * r.truncated / max(r.token_counted, 1)
             r.add(shown[0], "warning",
                   f"{r.truncated} rows ({share:.1f}%) exceed max_length {self.max_length} tokens and would be "
@@ -201,7 +218,7 @@ def validate_file(path: Path, kind: Kind, *, tokenizer: Any = None, max_length: 
     if not path.is_file():
         report.add(None, "error", "file not found")
         return report
-    lengths = _Lengths(report, tokenizer, max_length)
+    lengths = _Lengths(report, tokenizer, max_length, kind)
     shapes = RowShapes()
     seen: dict[bytes, int] = {}
     done = 0

@@ -64,3 +64,28 @@ def test_merge_run_stage_from_store(tiny: tuple[Path, Path], tmp_path: Path) -> 
     merge_run(Run(str(store), run_id), "sft", f"file://{target}/merged/{run_id}")
     assert (target / "merged" / run_id / "model.safetensors").exists()
     assert open_store(str(target)).is_complete(f"merged/{run_id}")
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16", "float16"])
+def test_merge_device_and_dtype_follow_the_placement_decision(tiny: tuple[Path, Path], tmp_path: Path,
+                                                              dtype: str) -> None:
+    """Merging uses trainer.models.decide_placement: on a GPU, there in the model's dtype (checked in
+    tests/test_gpu_path.py and benchmarks/gpu.py); with no CUDA here, the CPU in fp32 whatever the spec
+    says -- and the merged model still equals base + adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.models import decide_placement
+
+    base, adapter = tiny
+    assert not torch.cuda.is_available()
+    expected = decide_placement(False, False, dtype)
+    out = merge_adapter(str(base), adapter, tmp_path / "merged", dtype=dtype)
+    info = json.loads((out / "merge_info.json").read_text())
+    assert (info["merged_on"], info["dtype"]) == (expected.device, expected.dtype) == ("cpu", "float32")
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert merged.dtype == torch.float32  # saved in the precision it was merged in
+    ids = AutoTokenizer.from_pretrained(out)("Weng earns $12 an hour.", return_tensors="pt").input_ids
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                             adapter).eval()
+    torch.testing.assert_close(_logits(merged.eval(), ids), _logits(with_adapter, ids), atol=1e-4, rtol=1e-4)

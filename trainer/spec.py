@@ -393,6 +393,11 @@ class JobSpec(Strict):
             if stage.method == "grpo" and "chrf" in stage.rewards and self.data.task != "translation":
                 raise ValueError(f"stages[{i}].rewards: chrf is a translation reward "
                                  f"(data.task is {self.data.task})")
+        if self.distributed.strategy == "deepspeed_zero3_offload":
+            # Refused before any spend: the job would fail at its first optimizer step on rented GPUs.
+            raise ValueError("distributed.strategy: deepspeed_zero3_offload needs DeepSpeed's CPU Adam, a C++ "
+                             "extension compiled on first use, and the GPU image has no C++ compiler (g++); "
+                             "use fsdp (parameters sharded, any finetune.method) or deepspeed_zero2")
         if self.distributed.num_nodes > 1 and set(self.resources.clouds) & {"runpod", "vast"}:
             raise ValueError("distributed.num_nodes > 1 runs on aws or lambda only "
                              "(RunPod and Vast have no multi-node)")

@@ -58,7 +58,7 @@ def load_train_model(ctx: StageContext) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
     spec = ctx.spec
-    kwargs = model_init_kwargs(spec.model, spec.finetune)
+    kwargs = model_init_kwargs(spec.model, spec.finetune, spec.distributed.strategy)
     if spec.finetune.method == "full":
         source = str(ctx.init_from) if ctx.init_from else resolve_model_path(spec.model.base)
         return AutoModelForCausalLM.from_pretrained(source, **kwargs), None

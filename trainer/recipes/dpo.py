@@ -13,30 +13,67 @@ from trainer.recipes.common import StageContext, common_args, load_dataset_file,
 CALCULATOR = re.compile(r"<<[^>]*>>")
 
 
+SAMPLE_BATCH = 8  # prompts per generate call (× samples_per_prompt sequences)
+
+
 def on_policy_pairs(model, tokenizer, rows: list[dict], samples: int, max_new_tokens: int,
-                    temperature: float, seed: int) -> list[dict]:
+                    temperature: float, seed: int, batch_size: int = SAMPLE_BATCH) -> list[dict]:
+    """Sample `samples` solutions per prompt, batched with left padding on the model's device, and pair
+    the reference solution (chosen) with the first wrong one (rejected)."""
     import torch
 
     from trainer.answers import answers_match, extract_answer, gold_answer
+    from trainer.generation import chat_text
 
     torch.manual_seed(seed)
-    tokenizer.padding_side = "left"
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # every prompt ends where generation starts
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no LoRA dropout while sampling
     pairs = []
-    for row in rows:
-        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        inputs = tokenizer([text], return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            out = model.generate(**inputs, do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens,
-                                 num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id)
-        completions = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        gold = gold_answer(row["answer"])
-        wrong = [c for c in completions if c.strip() and not answers_match(extract_answer(c), gold)]
-        if wrong:
-            chosen = CALCULATOR.sub("", row["answer"]).strip()
-            pairs.append({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
-                          "rejected": [{"role": "assistant", "content": wrong[0]}]})
-    tokenizer.padding_side = "right"
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            # The chat template already holds the special tokens; adding BOS again would shift the model.
+            inputs = tokenizer([chat_text(tokenizer, r["prompt"]) for r in batch], return_tensors="pt",
+                               padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                out = model.generate(**inputs, do_sample=True, temperature=temperature,
+                                     max_new_tokens=max_new_tokens, num_return_sequences=samples,
+                                     pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, row in enumerate(batch):  # generate keeps each prompt's samples together
+                completions = texts[i * samples:(i + 1) * samples]
+                gold = gold_answer(row["answer"])
+                wrong = [c for c in completions if c.strip() and not answers_match(extract_answer(c), gold)]
+                if wrong:
+                    chosen = CALCULATOR.sub("", row["answer"]).strip()
+                    pairs.append({"prompt": row["prompt"], "chosen": [{"role": "assistant", "content": chosen}],
+                                  "rejected": [{"role": "assistant", "content": wrong[0].strip()}]})
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
     return pairs
+
+
+def sample_on_training_device(model, strategy: str, sample):
+    """Run `sample()` with the model on this process's training device (its GPU when there is one):
+    transformers loads a LoRA/full model on the CPU and only the Trainer moves it, so sampling there
+    would run on the CPU. A quantized model already sits on its GPU. Under a parameter-sharding
+    strategy (FSDP, ZeRO-3) the model goes back to the CPU afterwards, where the sharding expects it."""
+    from trainer.models import SHARDED_STRATEGIES, training_device
+
+    device = training_device()
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    before = next(model.parameters()).device
+    if not quantized and before != device:
+        model.to(device)
+    try:
+        return sample()
+    finally:
+        if not quantized and strategy in SHARDED_STRATEGIES and before != device:
+            model.to(before)
 
 
 def build(ctx: StageContext):
@@ -50,8 +87,10 @@ def build(ctx: StageContext):
         rows = load_dataset_file(ctx.bundle.data_path("grpo_train")).select_columns(["prompt", "answer"])
         rows = rows.shuffle(seed=stage.seed).select(range(min(stage.on_policy.prompts, len(rows))))
         p = stage.on_policy
-        pairs = ctx.stored_rows(lambda: on_policy_pairs(model, tokenizer, list(rows), p.samples_per_prompt,
-                                                        p.max_new_tokens, p.temperature, stage.seed))
+        pairs = ctx.stored_rows(lambda: sample_on_training_device(
+            model, ctx.spec.distributed.strategy,
+            lambda: on_policy_pairs(model, tokenizer, list(rows), p.samples_per_prompt, p.max_new_tokens,
+                                    p.temperature, stage.seed)))
         if not pairs:
             raise ValueError("on-policy DPO: every sampled solution was correct; no pairs to learn from")
         train = Dataset.from_list(pairs)

@@ -5,7 +5,11 @@ GPU is present; TRL's own generation otherwise."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 
+from transformers import TrainerCallback
+
+from trainer.errors import BadInput
 from trainer.models import has_cuda
 from trainer.recipes.common import StageContext, common_args, load_dataset_file, load_tokenizer_for, load_train_model
 from trainer.rewards import reward_functions
@@ -20,17 +24,57 @@ def use_vllm(setting: str) -> bool:
     return setting == "on" or (setting == "auto" and available)
 
 
+log = logging.getLogger(__name__)
+
+
+def prompt_lengths(tokenizer, prompts: list) -> list[int]:
+    """Token counts of GRPO prompts as TRL tokenizes them: the chat template with the generation prompt.
+    In transformers 5 `apply_chat_template(..., tokenize=True)` returns a BatchEncoding, whose len() is its
+    number of keys; return_dict=False gives the ids themselves."""
+    chats = [p for p in prompts if not isinstance(p, str)]
+    ids = iter(tokenizer.apply_chat_template(chats, tokenize=True, add_generation_prompt=True,
+                                             return_dict=False) if chats else [])
+    texts = iter(tokenizer([p for p in prompts if isinstance(p, str)], add_special_tokens=False)["input_ids"]
+                 if any(isinstance(p, str) for p in prompts) else [])
+    return [len(next(texts)) if isinstance(p, str) else len(next(ids)) for p in prompts]
+
+
+class PromptFilterLog(TrainerCallback):
+    """Puts the prompt filter's counts into every logged row, so metrics.jsonl (and the report) carry them."""
+
+    def __init__(self, dropped: int, kept: int):
+        self.counts = {"prompts_dropped": dropped, "prompts_kept": kept}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs.update(self.counts)
+
+
+def filter_prompts(train, tokenizer, max_length: int, stage_name: str = "grpo"):
+    """(rows whose prompt fits `max_length` tokens, number dropped). TRL 1.x does not truncate GRPO
+    prompts (it has no max_prompt_length any more), so a longer prompt would run past the memory the
+    job was sized for; it is dropped instead, and a stage where none fits stops with exit 2."""
+    lengths = prompt_lengths(tokenizer, list(train["prompt"]))
+    keep = [i for i, n in enumerate(lengths) if n <= max_length]
+    dropped = len(lengths) - len(keep)
+    if not keep:
+        shortest = min(lengths) if lengths else 0
+        raise BadInput(f"stage {stage_name}: no GRPO prompt fits max_length {max_length} tokens (the shortest "
+                       f"of {len(lengths)} has {shortest}); raise the stage's max_length or shorten the prompts")
+    if dropped:
+        log.warning("%s: dropped %d of %d GRPO prompts longer than max_length %d tokens",
+                    stage_name, dropped, len(lengths), max_length)
+    return (train.select(keep) if dropped else train), dropped
+
+
 def build(ctx: StageContext):
     from trl import GRPOConfig, GRPOTrainer
 
     stage = ctx.stage
     tokenizer = load_tokenizer_for(ctx)
     train = load_dataset_file(ctx.bundle.data_path("grpo_train")).select_columns(["prompt", "answer"])
-    # TRL does not truncate GRPO prompts; drop the ones longer than the stage's max_length instead.
-    def fits(row: dict) -> bool:
-        return len(tokenizer.apply_chat_template(row["prompt"], tokenize=True)) <= stage.max_length
-
-    train = train.filter(fits)
+    train, dropped = filter_prompts(train, tokenizer, stage.max_length, stage.stage_name)
+    ctx.callbacks.insert(0, PromptFilterLog(dropped, len(train)))  # before MetricsCallback writes the row
     rewards = reward_functions(stage.rewards)
     weights = list(stage.reward_weights) if stage.reward_weights else None
     if stage.reward_model:
