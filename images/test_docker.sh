@@ -4,8 +4,11 @@
 # from a bundle in it through images.docker_run, the code path of `ft run BUNDLE --docker`.
 #
 # No container registry is reachable here, so the base image is made locally: Debian bookworm by
-# debootstrap, `docker import`ed. torch's CPU wheel comes from /opt/wheels through a throw-away local
-# index (the image's pip reaches PyPI for everything else). Steps already done are skipped on a rerun.
+# debootstrap (its default mirror), `docker import`ed. Nothing here names a machine path or a package
+# host: torch's wheel is fetched with this host's pip (`pip download torch==2.13.0 --no-deps`, from
+# whatever index pip is configured with) and served on a throw-away local index, and the image's pip
+# uses the index this host's pip is configured with (written into the base's /etc/pip.conf), or pip's
+# own default when none is. Steps already done are skipped on a rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,12 +16,29 @@ BIN="${BIN:-.venv/bin}"
 WORK="${FT_DOCKER_TEST_DIR:-/tmp/ft-test-docker}"
 BASE_IMAGE="${BASE_IMAGE:-ft-debian-base:bookworm}"
 WHEEL_PORT="${WHEEL_PORT:-8765}"
-TORCH_WHEEL="${TORCH_WHEEL:-$(ls /opt/wheels/torch-2.13.0+cpu-*.whl 2>/dev/null | head -1 || true)}"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
 mkdir -p "$WORK"
 say() { printf '\n== %s\n' "$*"; }
 
 if [ "$(id -u)" != 0 ]; then echo "test-docker: run as root (installs docker.io, starts dockerd)" >&2; exit 1; fi
-if [ -z "$TORCH_WHEEL" ]; then echo "test-docker: no torch CPU wheel (set TORCH_WHEEL=…)" >&2; exit 1; fi
+
+# The index this host's pip uses (PIP_INDEX_URL, else pip's configuration, else pip's default), and the
+# hosts it trusts; the image's pip is pointed at the same.
+HOST_INDEX="${PIP_INDEX_URL:-$("$BIN/python" -m pip config get global.index-url 2>/dev/null || true)}"
+HOST_INDEX="${HOST_INDEX:-$("$BIN/python" -c 'from pip._internal.models.index import PyPI; print(PyPI.simple_url)')}"
+HOST_TRUSTED="${PIP_TRUSTED_HOST:-$("$BIN/python" -m pip config get global.trusted-host 2>/dev/null || true)}"
+
+if [ -z "${TORCH_WHEEL:-}" ]; then
+    say "pip download torch==$TORCH_VERSION --no-deps (this host's pip and index)"
+    mkdir -p "$WORK/wheels"
+    "$BIN/python" -m pip download --quiet --no-deps --only-binary=:all: --dest "$WORK/wheels" "torch==$TORCH_VERSION"
+    TORCH_WHEEL="$(ls "$WORK/wheels"/torch-"$TORCH_VERSION"*.whl | head -1)"
+fi
+case "$(basename "$TORCH_WHEEL")" in
+    *+cpu*) ;;
+    *) echo "test-docker: $(basename "$TORCH_WHEEL") is not torch's CPU build; configure pip's index for it" \
+            "or set TORCH_WHEEL=PATH" >&2; exit 1 ;;
+esac
 
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
     say "installing docker.io and debootstrap"
@@ -36,11 +56,14 @@ fi
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     say "making $BASE_IMAGE with debootstrap"
     rm -rf "$WORK/rootfs"
-    debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log"
+    debootstrap --variant=minbase bookworm "$WORK/rootfs" >"$WORK/debootstrap.log"   # its default mirror
     # Where this machine reaches the internet through a TLS-intercepting proxy, the host trusts the
     # proxy's CA; the local base must too (the image's ca-certificates package picks these up).
     mkdir -p "$WORK/rootfs/usr/local/share/ca-certificates"
     cp /usr/local/share/ca-certificates/*.crt "$WORK/rootfs/usr/local/share/ca-certificates/" 2>/dev/null || true
+    # The image's pip uses this host's index (a local test image only: the file stays in its base).
+    printf '[global]\nindex-url = %s\n' "$HOST_INDEX" > "$WORK/rootfs/etc/pip.conf"
+    if [ -n "$HOST_TRUSTED" ]; then printf 'trusted-host = %s\n' "$HOST_TRUSTED" >> "$WORK/rootfs/etc/pip.conf"; fi
     tar -C "$WORK/rootfs" -c . | docker import - "$BASE_IMAGE"
     rm -rf "$WORK/rootfs"
 fi
@@ -49,8 +72,8 @@ say "serving $(basename "$TORCH_WHEEL") on a local index"
 mkdir -p "$WORK/index/simple/torch"
 cp -u "$TORCH_WHEEL" "$WORK/index/simple/torch/"
 # torch's own page is served from here; every other project (torch's dependencies) is redirected to
-# PyPI, as the PyTorch index itself serves them.
-python3 - "$WHEEL_PORT" "$WORK/index" >"$WORK/index.log" 2>&1 <<'PY' &
+# this host's index, as the PyTorch index itself serves them from elsewhere.
+python3 - "$WHEEL_PORT" "$WORK/index" "${HOST_INDEX%/}" >"$WORK/index.log" 2>&1 <<'PY' &
 import functools
 import http.server
 import sys
@@ -61,7 +84,7 @@ class Index(http.server.SimpleHTTPRequestHandler):
         parts = self.path.strip("/").split("/")
         if len(parts) == 2 and parts[0] == "simple" and parts[1] != "torch":
             self.send_response(302)
-            self.send_header("Location", f"https://pypi.org/simple/{parts[1]}/")
+            self.send_header("Location", f"{sys.argv[3]}/{parts[1]}/")
             self.end_headers()
             return
         super().do_GET()
