@@ -92,5 +92,8 @@ def build(ctx: StageContext):
         **({"vllm_mode": "colocate"} if vllm else {}),
     )
     model, peft_config = load_train_model(ctx)
-    return GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
-                       processing_class=tokenizer, peft_config=peft_config, callbacks=ctx.callbacks)
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config, train_dataset=train,
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=ctx.callbacks)
+    # For the stage's entry in run.json (the pipeline merges `ft_record` into it when present).
+    trainer.ft_record = {"prompts_dropped": dropped, "prompts_kept": len(train)}
+    return trainer
