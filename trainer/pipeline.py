@@ -192,6 +192,7 @@ def run_stage(run: Run, bundle: Bundle, stage: StageBase, previous: str | None, 
     recipe = importlib.import_module(f"trainer.recipes.{stage.method}")
     started = time.time()
     trainer = recipe.build(ctx)
+    entry.update(getattr(trainer, "ft_record", {}))  # what the recipe decided, e.g. GRPO's prompts dropped
     bill()  # written once the stage could start: a start that fails (a missing model) leaves no record
     make_resume_exact(trainer)
     if resume and finished(resume):
