@@ -79,6 +79,17 @@ def math_data(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def catalog(tmp_path, monkeypatch):
+    """SkyPilot reading the small test catalogs (tests/conftest_cloud.py), offline."""
+    from conftest_cloud import point_skypilot_at, write_catalog
+
+    write_catalog(tmp_path / "skyrt")
+    point_skypilot_at(monkeypatch, tmp_path / "skyrt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path / "skyrt"
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     """A real S3 protocol server on 127.0.0.1 (moto_server), talked to over HTTP by real boto3."""

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from conftest_cloud import point_skypilot_at, write_catalog
 from typer.testing import CliRunner
 
 from jobs.cli import ErrorBoundary, app
@@ -217,14 +216,6 @@ def test_init_writes_a_commented_spec_that_validates(task, tmp_path, monkeypatch
 
 
 # ---------------------------------------------------------------------------------- launch freeze
-@pytest.fixture
-def catalog(tmp_path, monkeypatch):
-    write_catalog(tmp_path / "skyrt")
-    point_skypilot_at(monkeypatch, tmp_path / "skyrt")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path / "skyrt"
-
-
 def _cloud_spec(tmp_path: Path, data_dir: Path | None = None) -> Path:
     raw = yaml.safe_load(DEMO.read_text())
     src = {k: (REPO / "configs" / v).resolve() for k, v in raw["data"].items() if k != "task"}

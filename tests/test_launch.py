@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest_cloud import point_skypilot_at, write_catalog
 from typer.testing import CliRunner
 
 from jobs import launch, pricing
@@ -17,14 +16,6 @@ from trainer.errors import BadInput
 from trainer.spec import load_spec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def catalog(tmp_path, monkeypatch):
-    write_catalog(tmp_path / "skyrt")
-    point_skypilot_at(monkeypatch, tmp_path / "skyrt")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tmp_path / "skyrt"
 
 
 @pytest.fixture
