@@ -88,7 +88,7 @@ def test_cost_section_local_cloud_and_no_estimate() -> None:
     from trainer.report import cost_section
 
     local_stage = {"status": "done", "seconds": 60.0, "attempts": [{"instance": None, "price_per_hour": None}],
-                   "attempts_count": 1, "seconds_billed": 60.0, "gpu_hours": 0.0167, "cost_usd": 0.0}
+                   "attempts_count": 1, "seconds_billed": 60.0, "gpu_hours": 0.0, "cost_usd": 0.0}
     estimate = {"cloud": "runpod", "instance_type": "1x_L40S_SECURE", "accelerator": "L40S", "count": 1,
                 "spot": True, "price_per_hour": 0.26, "est_hours": 0.4, "est_cost_usd": 0.1,
                 "basis": "the cheapest fitting cloud offer"}

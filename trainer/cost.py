@@ -182,7 +182,8 @@ def summarize(entry: dict[str, Any]) -> dict[str, Any]:
         s = max(0.0, a["last_seen"] - a["started"])
         inst = a.get("instance") or {}
         seconds += s
-        gpu_hours += s / 3600 * (inst.get("nodes") or 1) * (inst.get("gpus_per_node") or 1)
+        if inst:  # a local run (no SkyPilot node) bills no GPU-hours, whatever it ran on
+            gpu_hours += s / 3600 * (inst.get("nodes") or 1) * (inst.get("gpus_per_node") or 1)
         cost += attempt_cost(a)
     if any(a.get("price_per_hour") is not None for a in attempts):
         total: float | None = round(cost, 4)
