@@ -33,6 +33,35 @@ def load_dataset_file(path: Path, split: str = "train"):
     return load_dataset("json", data_files={split: str(path)}, split=split)
 
 
+# Validation rows an evaluation reads: a few batches on a CPU (an eval there must cost less than the steps it
+# measures), more on a GPU where a forward pass over them takes seconds. The first rows of the file: the
+# prepared validation splits are already shuffled, and the same rows every time keep the curve comparable.
+EVAL_ROWS_CPU = 16
+EVAL_ROWS_GPU = 512
+
+
+def load_eval_dataset(ctx: StageContext, role: str):
+    """The stage's validation split (`sft_valid`, `dpo_valid`) cut to the rows an evaluation reads, or
+    None when the bundle has none."""
+    path = ctx.bundle.data_path(role)
+    if path is None:
+        return None
+    rows = load_dataset_file(path, "validation")
+    limit = EVAL_ROWS_GPU if has_cuda() else EVAL_ROWS_CPU
+    return rows.select(range(min(limit, len(rows)))) if len(rows) > limit else rows
+
+
+def eval_args(ctx: StageContext, valid) -> dict[str, Any]:
+    """TrainingArguments fields for the eval loss in metrics.jsonl (`eval_loss` and TRL's `eval_*`): once
+    before the first step (the incoming model's loss), at every checkpoint, and at the last step
+    (transformers evaluates there when the step is not a multiple of eval_steps)."""
+    if valid is None:
+        return {"eval_strategy": "no"}
+    s = ctx.stage
+    return {"eval_strategy": "steps", "eval_steps": s.save_steps, "eval_on_start": True,
+            "per_device_eval_batch_size": s.per_device_train_batch_size}
+
+
 def load_tokenizer_for(ctx: StageContext):
     from transformers import AutoTokenizer
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import re
 
-from trainer.recipes.common import StageContext, common_args, load_dataset_file, load_tokenizer_for, load_train_model
+from trainer.recipes.common import (
+    StageContext,
+    common_args,
+    eval_args,
+    load_dataset_file,
+    load_eval_dataset,
+    load_tokenizer_for,
+    load_train_model,
+)
 
 CALCULATOR = re.compile(r"<<[^>]*>>")
 
@@ -96,7 +104,9 @@ def build(ctx: StageContext):
         train = Dataset.from_list(pairs)
     else:
         train = load_dataset_file(ctx.bundle.data_path("dpo_train"))
-    config = DPOConfig(**common_args(ctx), beta=stage.beta, loss_type=[stage.loss_type], max_length=stage.max_length)
-    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=ctx.callbacks)
+    valid = load_eval_dataset(ctx, "dpo_valid")  # the bundle's held-out pairs, also for on-policy training pairs
+    config = DPOConfig(**common_args(ctx), **eval_args(ctx, valid), beta=stage.beta, loss_type=[stage.loss_type],
+                       max_length=stage.max_length)
+    trainer = DPOTrainer(model=model, ref_model=None, args=config, train_dataset=train, eval_dataset=valid,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=ctx.callbacks)
     return trainer

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from trainer.recipes.common import StageContext, common_args, load_dataset_file, load_tokenizer_for, load_train_model
+from trainer.recipes.common import (
+    StageContext,
+    common_args,
+    eval_args,
+    load_dataset_file,
+    load_eval_dataset,
+    load_tokenizer_for,
+    load_train_model,
+)
 
 
 def to_prompt_completion(row: dict) -> dict:
@@ -18,8 +26,7 @@ def build(ctx: StageContext):
     stage = ctx.stage
     tokenizer = load_tokenizer_for(ctx)
     train = load_dataset_file(ctx.bundle.data_path("sft_train"))
-    valid_path = ctx.bundle.data_path("sft_valid")
-    valid = load_dataset_file(valid_path, "validation") if valid_path else None
+    valid = load_eval_dataset(ctx, "sft_valid")
     if stage.assistant_only_loss:
         train = train.map(to_prompt_completion, remove_columns=train.column_names)
         if valid is not None:
@@ -30,9 +37,7 @@ def build(ctx: StageContext):
         packing=stage.packing,
         packing_strategy="bfd",
         completion_only_loss=stage.assistant_only_loss,
-        eval_strategy="steps" if valid is not None else "no",
-        eval_steps=stage.save_steps,
-        per_device_eval_batch_size=stage.per_device_train_batch_size,
+        **eval_args(ctx, valid),
     )
     model, peft_config = load_train_model(ctx)
     return SFTTrainer(model=model, args=config, train_dataset=train, eval_dataset=valid,
