@@ -119,17 +119,27 @@ def _print_reports(files: list, spec_findings: list, show: int = 20) -> None:
         console.print(f"… and {len(findings) - show} more (use --json for all)")
 
 
-def _print_prototype_map(spec) -> None:
+def _print_prototype_map(spec, verbose: bool = False) -> None:
+    """The prototype (MLX) → GPU mapping: the whole table with --verbose; otherwise one line, and the
+    settings that differ in a way that matters (the table's warnings), so a clean run stays short."""
     try:
         from mac.prototype_map import prototype_mapping
     except ImportError:
         return
     if spec.prototype is None:
         return
+    rows = prototype_mapping(spec)
+    if not verbose:
+        warned = [(setting, warning) for setting, _, _, warning in rows if warning]
+        console.print(f"prototype (MLX) → GPU: {len(rows)} settings mapped, {len(warned)} to note "
+                      "(--verbose: the table)", highlight=False)
+        for setting, warning in warned:
+            console.print(Text(f"  {setting}: {warning}", style="yellow"), highlight=False, soft_wrap=True)
+        return
     table = Table(title="prototype (MLX) → GPU run")
     for col in ("setting", "MLX prototype", "GPU run", "note"):
         table.add_column(col)
-    for setting, mlx_value, gpu_value, warning in prototype_mapping(spec):
+    for setting, mlx_value, gpu_value, warning in rows:
         table.add_row(setting, str(mlx_value), str(gpu_value), f"[yellow]{warning}[/]" if warning else "")
     console.print(table)
 
@@ -146,6 +156,8 @@ def validate(
     test_file: Path = typer.Option(None, "--test-file", help="test set to check --data for overlap against"),
     strict: bool = typer.Option(False, "--strict", help="warnings fail too"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable report on stdout"),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="the details too: the prototype (MLX) → GPU mapping table"),
 ) -> None:
     """Check a job spec and every data file it names, or one data file.
 
@@ -178,7 +190,7 @@ def validate(
     else:
         _print_reports(report.files, report.spec_findings)
         if report.spec is not None:
-            _print_prototype_map(report.spec)
+            _print_prototype_map(report.spec, verbose)
         verdict = "[red]FAILED[/]" if failed else "[green]OK[/]"
         console.print(f"{verdict}: {report.errors} errors, {report.warnings} warnings")
     if failed:

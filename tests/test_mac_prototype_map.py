@@ -75,3 +75,19 @@ def test_memory_advice_follows_the_guide():
     lean = parse_spec(_demo(prototype__batch_size=1, prototype__grad_checkpoint=True,
                             prototype__num_layers=2)).prototype
     assert memory_advice(lean, "x-4bit") == []
+
+
+def test_ft_validate_keeps_the_mapping_table_behind_verbose():
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    short = CliRunner().invoke(app, ["validate", str(REPO / "configs" / "demo.yaml")])
+    assert short.exit_code == 0, short.output
+    noted = [(s, w) for s, _, _, w in prototype_mapping(load_spec(REPO / "configs" / "demo.yaml")) if w]
+    assert f"settings mapped, {len(noted)} to note (--verbose: the table)" in short.output
+    assert all(f"{setting}: " in short.output for setting, _ in noted)  # what matters still shows
+    assert "MLX prototype" not in short.output  # the table's header
+    verbose = CliRunner().invoke(app, ["validate", str(REPO / "configs" / "demo.yaml"), "--verbose"])
+    assert verbose.exit_code == 0, verbose.output
+    assert "prototype (MLX) → GPU run" in verbose.output and "MLX prototype" in verbose.output
