@@ -255,6 +255,20 @@ def _lease_lost(holder: str) -> None:
     os._exit(EXIT_RETRYABLE)
 
 
+def _tool_versions() -> dict[str, str]:
+    """Python and the training libraries' versions, for run.json (the report shows them)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def _run_stages(run: Run, bundle: Bundle, bundle_uri: str, stage: str | None, state,
                 guard: PreemptionGuard) -> None:
     spec, store = bundle.spec, run.store
@@ -264,6 +278,7 @@ def _run_stages(run: Run, bundle: Bundle, bundle_uri: str, stage: str | None, st
                          f"not {bundle.bundle_id[:12]}; use another --run-id")
     record = record or {"run_id": run.run_id, "bundle_id": bundle.bundle_id, "bundle_uri": _absolute(bundle_uri),
                         "spec": spec.resolved(), "stages": {}, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    record.setdefault("versions", _tool_versions())  # the first attempt's: a resumed run keeps what it started on
     instance, price, budget = _where_and_price(spec)
     from trainer import cost
 
