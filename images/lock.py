@@ -1,6 +1,7 @@
 """Write the pinned requirement locks of the images from the environment the tests ran in.
 
     python -m images.lock gpu|vllm      (run in the venv made by `make setup`)
+    python -m images.lock gpu-vllm      (the training image's vLLM layer: images/vllm_lock.py)
 
 The lock is the full dependency closure of the image's roots, read from the installed packages'
 metadata, so the image gets exactly the versions this project was tested with. Local version labels
@@ -69,11 +70,18 @@ def lock_text(image: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ROOTS:
-        print(f"usage: python -m images.lock {'|'.join(ROOTS)}", file=sys.stderr)
+    if len(argv) != 1 or argv[0] not in (*ROOTS, "gpu-vllm"):
+        print(f"usage: python -m images.lock {'|'.join(ROOTS)}|gpu-vllm", file=sys.stderr)
         return 2
-    path = Path(__file__).parent / "locks" / f"{argv[0]}.txt"
-    path.write_text(lock_text(argv[0]), encoding="utf-8")
+    locks = Path(__file__).parent / "locks"
+    path = locks / f"{argv[0]}.txt"
+    if argv[0] == "gpu-vllm":  # resolved by pip over the tested lock (the index, not this venv)
+        from images.vllm_lock import layer_text
+
+        text = layer_text((locks / "gpu.txt").read_text(encoding="utf-8"))
+    else:
+        text = lock_text(argv[0])
+    path.write_text(text, encoding="utf-8")
     print(path)
     return 0
 

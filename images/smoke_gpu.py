@@ -40,6 +40,16 @@ def main() -> int:
         print(f"flash-attn {flash}")
     elif cuda:
         print("flash-attn not installed: attention falls back to sdpa", file=sys.stderr)
+    try:  # vLLM: GRPO's colocated generation and evaluation's engine (trainer.generation.decide_vllm)
+        vllm = md.version("vllm")
+    except md.PackageNotFoundError:
+        vllm = None
+    if vllm:
+        # Its wheel is compiled against one torch and one CUDA major: a mismatch fails here, not mid-job.
+        importlib.import_module("vllm")
+        print(f"vllm {vllm}")
+    elif cuda:
+        print("vllm not installed: GRPO and evaluation generate with transformers", file=sys.stderr)
     # The entrypoint itself must start.
     subprocess.run([sys.executable, "-m", "trainer", "--help"], check=True, stdout=subprocess.DEVNULL)
     print("smoke test passed")

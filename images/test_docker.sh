@@ -102,7 +102,7 @@ start=$(date +%s)
 "$BIN/python" -m images.cli build gpu --network host \
     --build-arg "BASE=$BASE_IMAGE" \
     --build-arg "TORCH_INDEX_URL=http://127.0.0.1:$WHEEL_PORT/simple" \
-    --build-arg FLASH_ATTN_VERSION=none >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
+    --build-arg FLASH_ATTN_VERSION=none --build-arg VLLM=none >"$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
 IMAGE="$(tail -1 "$WORK/build.log")"
 grep -E "^step |torch |smoke test" "$WORK/build.log" | tail -8
 echo "built $IMAGE in $(( $(date +%s) - start )) s; $(docker image inspect -f '{{.Size}}' "$IMAGE" | numfmt --to=iec)"

@@ -14,8 +14,12 @@ The estimate adds up the parts that dominate a TRL run on CUDA, per stage, in Gi
 - GRPO: the generation batch (per-device batch × accumulation) is generated at once, its KV cache
   sized to prompt + completion. TRL 1.x has no `max_prompt_length` (it never truncates a prompt); the
   trainer drops prompts longer than the stage's `max_length` (trainer/recipes/grpo.py), so a prompt is
-  at most `max_length` tokens and a sequence at most `max_length + max_completion_length`; with vLLM
-  colocated (`use_vllm` auto/on) vLLM holds its own bf16 copy of the weights;
+  at most `max_length` tokens and a sequence at most `max_length + max_completion_length`. With vLLM
+  (`use_vllm` auto/on: the training image carries vLLM, so on a cloud GPU `auto` is vLLM) TRL colocates
+  one engine per process holding its own bf16 copy of the weights and that KV cache (parts named
+  "vLLM …"), and TRL's own generation cache is not used; with `use_vllm: off` the cache is TRL's.
+  vLLM takes a fixed share of each GPU (TRL's `vllm_gpu_memory_utilization`, kept at its default),
+  so `fits` checks that share holds vLLM's parts and the rest holds training's;
 - activations: with gradient checkpointing one saved hidden state per layer plus one layer being
   recomputed; without it every layer's intermediate tensors; the logits (see LOGIT_BYTES_*);
 - a fixed CUDA context / allocator reserve.
@@ -37,6 +41,7 @@ from pathlib import Path
 
 from trainer import settings
 from trainer.errors import BadInput
+from trainer.generation import decide_vllm
 from trainer.spec import BUILTIN_MODEL, DPOStage, GRPOStage, JobSpec, StageBase
 
 GIB = 1024**3
@@ -47,6 +52,11 @@ CUDA_RESERVE_GIB = 1.5  # CUDA context, cuBLAS workspace, allocator slack
 LOGIT_BYTES_SFT = 14
 LOGIT_BYTES_LOGPROB = 6
 USABLE_FRACTION = 0.92  # leave headroom: fragmentation, NCCL buffers
+# TRL's colocated vLLM reserves this share of each GPU's memory (GRPOConfig.vllm_gpu_memory_utilization's
+# default, which trainer/recipes/grpo.py keeps) for its weights, activations and paged KV cache; it refuses
+# to start when its parts do not fit in it.
+VLLM_GPU_MEMORY_UTILIZATION = 0.3
+VLLM_OVERHEAD_GIB = 1.0  # vLLM's profile-run activations, CUDA graphs, sampler buffers
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,25 @@ class StageEstimate:
     def per_gpu_gib(self) -> float:
         return sum(self.parts.values())
 
+    @property
+    def vllm_gib(self) -> float:
+        """vLLM's parts (0 when the stage does not generate with vLLM)."""
+        return sum(v for k, v in self.parts.items() if k.startswith("vLLM"))
+
+    def fits(self, gpu_mem_gib: float) -> bool:
+        usable = gpu_mem_gib * USABLE_FRACTION
+        if not self.vllm_gib:
+            return self.per_gpu_gib <= usable
+        reserved = VLLM_GPU_MEMORY_UTILIZATION * gpu_mem_gib
+        return self.vllm_gib <= reserved and self.per_gpu_gib - self.vllm_gib + reserved <= usable
+
+
+def uses_vllm(stage: StageBase) -> bool:
+    """A stage generates with vLLM on a cloud GPU: GRPO with `use_vllm` auto or on. The same decision the
+    trainer makes on the node (trainer.generation.decide_vllm), there with vLLM installed (the training
+    image carries it) and CUDA present."""
+    return isinstance(stage, GRPOStage) and decide_vllm(stage.use_vllm, installed=True, cuda=True)
+
 
 @dataclass
 class JobEstimate:
@@ -273,9 +302,13 @@ def estimate_stage(spec: JobSpec, stage: StageBase, shape: ModelShape, num_gpus:
     if isinstance(stage, GRPOStage):
         seq = stage.max_length + stage.max_completion_length  # the prompt budget + the completion
         gen_batch = stage.per_device_train_batch_size * stage.gradient_accumulation_steps
-        est.parts["generation kv-cache"] = gen_batch * seq * shape.kv_bytes_per_token() / GIB
-        if stage.use_vllm != "off":
+        kv_cache = gen_batch * seq * shape.kv_bytes_per_token() / GIB
+        if uses_vllm(stage):  # one engine per process, unsharded (tensor parallel 1), bf16 weights
             est.parts["vLLM weights"] = shape.params * 2 / GIB
+            est.parts["vLLM kv-cache"] = kv_cache
+            est.parts["vLLM overhead"] = VLLM_OVERHEAD_GIB
+        else:
+            est.parts["generation kv-cache"] = kv_cache
         if stage.beta > 0 and not lora:
             est.parts["reference model"] = shape.params * 2 / (n if shard_params else 1) / GIB
 
@@ -303,12 +336,12 @@ def fits(spec: JobSpec, gpu_mem_gib: float, count: int, spec_dir: Path | None = 
          shape: ModelShape | None = None) -> bool:
     """Does the job fit `count` GPUs of `gpu_mem_gib` each, under its distributed strategy?
 
-    Without a multi-GPU strategy only one GPU is used, so the extra GPUs buy nothing.
+    Without a multi-GPU strategy only one GPU is used, so the extra GPUs buy nothing. Every stage must
+    fit (StageEstimate.fits: a stage with vLLM also within vLLM's share of the GPU).
     """
     if count > 1 and spec.distributed.strategy == "none":
         count = 1
-    need = estimate(spec, spec_dir, num_gpus=count, shape=shape).per_gpu_gib
-    return need <= gpu_mem_gib * USABLE_FRACTION
+    return all(s.fits(gpu_mem_gib) for s in estimate(spec, spec_dir, num_gpus=count, shape=shape).stages)
 
 
 # GPU memory per device (GiB) for when a catalog row lacks it. Names are SkyPilot's canonical ones.

@@ -119,3 +119,34 @@ def test_grpo_sequence_is_the_prompt_budget_plus_the_completion(llama_dirs):
         assert parts[max_length]["generation kv-cache"] == pytest.approx(
             gen_batch * (max_length + 512) * shape.kv_bytes_per_token() / gpu_fit.GIB)
     assert parts[2048]["activations"] > parts[256]["activations"]
+
+
+def test_vllm_memory_counts_only_when_vllm_generates(llama_dirs):
+    """GRPO with `use_vllm` auto/on generates with vLLM on a cloud GPU (the training image carries it): its
+    own bf16 weights, the KV cache and its overhead are counted, TRL's generation cache is not; with `off`
+    the cache is TRL's and no vLLM part appears. SFT and DPO never count vLLM."""
+    base = str(llama_dirs[7])
+    shape = gpu_fit.model_shape(base)
+    off, auto, on = (gpu_fit.estimate(_spec(base, "lora", {"method": "grpo", "use_vllm": v, "max_length": 512}))
+                     .stages[0] for v in ("off", "auto", "on"))
+    assert off.vllm_gib == 0 and "generation kv-cache" in off.parts
+    assert auto.parts == on.parts and "generation kv-cache" not in auto.parts
+    assert auto.parts["vLLM weights"] == pytest.approx(shape.params * 2 / gpu_fit.GIB)
+    assert auto.parts["vLLM kv-cache"] == pytest.approx(off.parts["generation kv-cache"])
+    assert auto.per_gpu_gib == pytest.approx(off.per_gpu_gib + auto.parts["vLLM weights"]
+                                             + gpu_fit.VLLM_OVERHEAD_GIB)
+    for method in ("sft", "dpo"):
+        assert gpu_fit.estimate(_spec(base, "lora", {"method": method})).stages[0].vllm_gib == 0
+
+
+def test_vllm_needs_its_share_of_the_gpu(llama_dirs):
+    """TRL's colocated vLLM takes VLLM_GPU_MEMORY_UTILIZATION of each GPU: a 7B LoRA GRPO that fits a 40 GB
+    GPU generating with transformers needs an 80 GB one with vLLM (its ~22 GiB are more than 30% of 40 or 48
+    GB, and the training side gets the rest)."""
+    base = str(llama_dirs[7])
+    off = _spec(base, "lora", {"method": "grpo", "use_vllm": "off", "max_length": 512})
+    auto = _spec(base, "lora", {"method": "grpo", "use_vllm": "auto", "max_length": 512})
+    assert [g for g in (24, 40, 48, 80) if gpu_fit.fits(off, g, 1)] == [40, 48, 80]
+    assert [g for g in (24, 40, 48, 80) if gpu_fit.fits(auto, g, 1)] == [80]
+    vllm = gpu_fit.estimate(auto).stages[0].vllm_gib
+    assert vllm <= gpu_fit.VLLM_GPU_MEMORY_UTILIZATION * 80 and vllm > gpu_fit.VLLM_GPU_MEMORY_UTILIZATION * 48

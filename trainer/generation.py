@@ -29,18 +29,44 @@ def vllm_lora_rank(r: int) -> int:
     raise BadInput(f"LoRA rank {r} exceeds vLLM's largest supported max_lora_rank ({VLLM_LORA_RANKS[-1]})")
 
 
-def pick_backend(backend: Backend = "auto") -> Literal["transformers", "vllm"]:
-    if backend != "auto":
-        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            from trainer.models import CapabilityError
+VllmSetting = Literal["auto", "on", "off"]
 
-            raise CapabilityError("backend vllm: vLLM is not installed (it is in the vLLM image; GPU only)")
-        return backend
-    if importlib.util.find_spec("vllm") is None:
-        return "transformers"
+
+def decide_vllm(setting: VllmSetting, installed: bool, cuda: bool) -> bool:
+    """The one vLLM decision, a pure function of the setting and the machine, for GRPO's `use_vllm` and
+    evaluation's backend alike: `auto` is vLLM when it is installed and a CUDA GPU is present (the training
+    image carries vLLM, so that is every cloud job; a laptop or CI machine gets transformers); `on`
+    without both is refused (exit 2) rather than silently slower; `off` never."""
+    available = installed and cuda
+    if setting == "on" and not available:
+        from trainer.models import CapabilityError
+
+        missing = " and ".join(w for w, ok in (("vLLM installed", installed), ("a CUDA GPU", cuda)) if not ok)
+        raise CapabilityError(f"vLLM was asked for (use_vllm: on / --backend vllm) but this machine lacks "
+                              f"{missing} (the training image, ft-gpu, on a GPU machine has both); use auto or off")
+    return setting == "on" or (setting == "auto" and available)
+
+
+def vllm_installed() -> bool:
+    # find_spec, not import: importing vLLM takes seconds and initialises CUDA; it is imported where used.
+    return importlib.util.find_spec("vllm") is not None
+
+
+def use_vllm(setting: VllmSetting = "auto") -> bool:
+    """decide_vllm for this machine (torch is only imported when vLLM is there to use)."""
+    installed = vllm_installed()
+    if not installed:
+        return decide_vllm(setting, False, False)
     import torch
 
-    return "vllm" if torch.cuda.is_available() else "transformers"
+    return decide_vllm(setting, True, torch.cuda.is_available())
+
+
+def pick_backend(backend: Backend = "auto") -> Literal["transformers", "vllm"]:
+    """Evaluation's generation backend: `auto` as GRPO's `use_vllm: auto` (decide_vllm)."""
+    if backend == "transformers":
+        return "transformers"
+    return "vllm" if use_vllm("on" if backend == "vllm" else "auto") else "transformers"
 
 
 def chat_text(tokenizer: Any, messages: Messages) -> str:

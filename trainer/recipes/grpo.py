@@ -1,28 +1,17 @@
 """GRPO with TRL's GRPOTrainer and verifiable rewards (math correctness, format, chrF), plus a
 trained reward model when the spec names one. vLLM generates (colocated) when it is installed and a
-GPU is present; TRL's own generation otherwise."""
+GPU is present (`use_vllm: auto`, trainer.generation.decide_vllm); TRL's own generation otherwise."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 from transformers import TrainerCallback
 
 from trainer.errors import BadInput
-from trainer.models import has_cuda
+from trainer.generation import use_vllm  # the one vLLM decision, shared with evaluation
 from trainer.recipes.common import StageContext, common_args, load_dataset_file, load_tokenizer_for, load_train_model
 from trainer.rewards import reward_functions
-
-
-def use_vllm(setting: str) -> bool:
-    available = importlib.util.find_spec("vllm") is not None and has_cuda()
-    if setting == "on" and not available:
-        from trainer.models import CapabilityError
-
-        raise CapabilityError("use_vllm: on needs vLLM and a CUDA GPU (use auto or off)")
-    return setting == "on" or (setting == "auto" and available)
-
 
 log = logging.getLogger(__name__)
 
