@@ -60,9 +60,12 @@ def evaluate_model(
     backend: Backend = "auto",
     batch_size: int = 8,
     dtype: str = "auto",
+    valid_rows: list[dict[str, Any]] | None = None,
+    max_length: int = 2048,
 ) -> dict[str, Any]:
     """Generate for the first `limit` rows with `base` (+ a stage's adapter or full weights in
-    `model_dir`) and score. Items carry the raw predictions."""
+    `model_dir`) and score. Items carry the raw predictions. With `valid_rows` (SFT chat rows) the same
+    model's loss on them is measured too (`eval_loss`, see `validation_loss`)."""
     from trainer import generation
 
     rows = test_rows[:limit] if limit else list(test_rows)
@@ -80,11 +83,57 @@ def evaluate_model(
         predictions = generation.generate_transformers(model, tokenizer, prompts, max_new_tokens, batch_size)
     seconds = time.perf_counter() - started
     result = score(task, predictions, rows)
+    if valid_rows and chosen == "transformers":  # vLLM gives no logits here; the trainer logs eval loss there
+        result.update(validation_loss(model, tokenizer, valid_rows, max_length))
     for item, pred in zip(result["items"], predictions, strict=True):
         item["prediction"] = pred
     result.update({"model": base, "adapter": str(model_dir) if model_dir else None, "backend": chosen,
                    "limit": limit, "max_new_tokens": max_new_tokens, "generation_seconds": round(seconds, 3)})
     return result
+
+
+# ----------------------------------------------------------------------------- eval loss
+# Rows the eval loss reads: the first of the validation split, as the trainer's own eval does on a CPU
+# (trainer/recipes/common.EVAL_ROWS_CPU), so one forward pass per row stays a second or two per model.
+EVAL_LOSS_ROWS = 16
+
+
+def validation_loss(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_length: int = 2048,
+                    limit: int = EVAL_LOSS_ROWS) -> dict[str, Any]:
+    """Mean cross-entropy per answer token on SFT chat rows (`messages` ending in the assistant's reply),
+    the prompt masked as the SFT stage masks it (`assistant_only_loss`). Unlike the trainer's `eval_loss`,
+    which each stage measures on its own validation file, this is one yardstick for every model (base,
+    prototype, each stage), so it shows what training moved even where accuracy cannot yet."""
+    import torch
+
+    from trainer.generation import chat_text
+
+    total, tokens = 0.0, 0
+    model.eval()
+    device = next(model.parameters()).device
+    for row in rows[:limit]:
+        messages = row["messages"]
+        prompt = tokenizer(chat_text(tokenizer, messages[:-1]), add_special_tokens=False)["input_ids"]
+        full = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)
+        ids = full["input_ids"][:max_length]
+        if len(ids) <= len(prompt):
+            continue  # the answer was cut off entirely: nothing to score
+        labels = [-100] * len(prompt) + ids[len(prompt):]
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids], device=device), labels=torch.tensor([labels], device=device))
+        n = len(ids) - len(prompt)
+        total += float(out.loss) * n
+        tokens += n
+    return {"eval_loss": round(total / tokens, 6) if tokens else None, "eval_loss_rows": min(limit, len(rows)),
+            "eval_loss_tokens": tokens}
+
+
+def bundle_valid_rows(run: Run) -> list[dict[str, Any]] | None:
+    """The bundle's SFT validation rows (chat format), or None when it has none."""
+    from trainer.textio import read_jsonl
+
+    path = run.bundle.data_path("sft_valid")
+    return read_jsonl(path)[:EVAL_LOSS_ROWS] if path is not None else None
 
 
 # ----------------------------------------------------------------------------------- runs
@@ -107,17 +156,21 @@ def stage_model(run: Run, stage: str) -> Path | None:
 
 
 def evaluate_stage(run: Run, stage: str, limit: int | None = None, max_new_tokens: int | None = None,
-                   backend: Backend = "auto", rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Evaluate one stage (or `base` / `prototype`) on the bundle's test set and store the result. A
-    run cut shorter than the spec's `evaluation.limit` is stored apart (`eval/n<N>/`), so it never
-    replaces the full result the comparison, the report and the model card show."""
+                   backend: Backend = "auto", rows: list[dict[str, Any]] | None = None,
+                   valid_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Evaluate one stage (or `base` / `prototype`) on the bundle's test set, and its loss on the SFT
+    validation rows when the bundle has them, and store the result. A run cut shorter than the spec's
+    `evaluation.limit` is stored apart (`eval/n<N>/`), so it never replaces the full result the
+    comparison, the report and the model card show."""
     spec = run.spec
     rows = bundle_test_rows(run) if rows is None else rows
+    valid_rows = bundle_valid_rows(run) if valid_rows is None else valid_rows
     full = len(rows[: spec.evaluation.limit] if spec.evaluation.limit else rows)
+    max_length = max((s.max_length for s in spec.stages if s.method == "sft"), default=2048)
     result = evaluate_model(spec.model.base, stage_model(run, stage), rows, task_of(spec),
                             limit=limit or spec.evaluation.limit,
                             max_new_tokens=max_new_tokens or spec.evaluation.max_new_tokens,
-                            backend=backend, dtype=spec.model.dtype)
+                            backend=backend, dtype=spec.model.dtype, valid_rows=valid_rows, max_length=max_length)
     result.update(stage=stage, run_id=run.run_id)
     cut_to = result["n"] if result["n"] < full else None
     run.store.write_text(run.eval_result(stage, cut_to), json.dumps(result, indent=2, ensure_ascii=False))
@@ -144,8 +197,9 @@ def evaluate_run(
         stages = [BASE_STAGE, *trained]
     tasks = run.spec.evaluation.lm_eval_tasks if lm_eval_tasks is None else lm_eval_tasks
     rows = bundle_test_rows(run)
+    valid_rows = bundle_valid_rows(run) or []
     for stage in stages:
-        result = evaluate_stage(run, stage, limit, max_new_tokens, backend, rows=rows)
+        result = evaluate_stage(run, stage, limit, max_new_tokens, backend, rows=rows, valid_rows=valid_rows)
         if on_result:
             on_result(stage, result)
         if tasks and stage != BASE_STAGE:

@@ -5,9 +5,10 @@ extraction the GRPO correctness reward uses."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from typing import Any
 
-from trainer.answers import answers_match, extract_answer, gold_answer
+from trainer.answers import answers_match, extract_answer, gold_answer, parse_number
 
 COMET_MODEL = "Unbabel/wmt22-comet-da"
 # unbabel-comet is in no extra and not in the image: its newest release (2.2.7) pins
@@ -64,30 +65,52 @@ def _cuda() -> bool:
         return False
 
 
+# GSM8K's answer format: a line `#### N` with N a number (what the references end in and the prompt asks for).
+_GSM8K_LINE = re.compile(r"^\s*####\s*(?P<value>\S[^\n]*?)\s*$", re.MULTILINE)
+
+
+def in_gsm8k_format(text: str) -> bool:
+    """Whether the output states its answer on a `#### N` line, N a number. Looser than the GRPO format
+    reward (which also wants reasoning before it and the line last): a model that learned the format
+    but rambles on after it still counts here, so the two numbers together say what moved."""
+    return any(parse_number(m.group("value")) is not None for m in _GSM8K_LINE.finditer(text or ""))
+
+
 def gsm8k_scores(preds: list[str], golds: list[str]) -> dict[str, Any]:
-    """Exact-match accuracy. `preds` are free-form model outputs, `golds` GSM8K answer fields
-    (`...#### N`) or bare answers. `items` holds one record per example for `--per-item`."""
+    """Exact-match accuracy, plus what a small model learns long before it solves problems: the share
+    of outputs in GSM8K's `#### N` format (`format_rate`) and the mean of the GRPO format reward
+    (`format_reward`). `preds` are free-form model outputs, `golds` GSM8K answer fields (`...#### N`)
+    or bare answers. `items` holds one record per example for `--per-item`."""
+    from trainer.rewards import format_reward  # the very reward GRPO trains on
+
     if len(preds) != len(golds):
         raise ValueError(f"{len(preds)} predictions but {len(golds)} references")
     items = []
+    rewards = format_reward(list(preds))
     for i, (pred, gold_field) in enumerate(zip(preds, golds, strict=True)):
         extracted = extract_answer(pred)
         gold = gold_answer(gold_field)
-        items.append({"index": i, "extracted": extracted, "gold": gold, "correct": answers_match(extracted, gold)})
+        items.append({"index": i, "extracted": extracted, "gold": gold, "correct": answers_match(extracted, gold),
+                      "formatted": in_gsm8k_format(pred), "format_reward": rewards[i]})
     correct = sum(it["correct"] for it in items)
+    n = len(items)
     return {
         "task": "gsm8k",
-        "n": len(items),
+        "n": n,
         "correct": correct,
-        "accuracy": round(correct / len(items), 6) if items else 0.0,
+        "accuracy": round(correct / n, 6) if items else 0.0,
         "no_answer": sum(it["extracted"] is None for it in items),
+        "format_rate": round(sum(it["formatted"] for it in items) / n, 6) if items else 0.0,
+        "format_reward": round(sum(rewards) / n, 6) if items else 0.0,
         "extraction": "trainer.answers.extract_answer (same as the GRPO math_correctness reward)",
         "items": items,
     }
 
 
 def headline(scores: dict[str, Any]) -> dict[str, float | None]:
-    """The numbers a comparison table shows for one evaluation."""
+    """The numbers a comparison table shows for one evaluation (with the eval loss when it was measured)."""
+    loss = {"eval_loss": scores["eval_loss"]} if isinstance(scores.get("eval_loss"), int | float) else {}
     if scores.get("task") == "gsm8k":
-        return {"accuracy": scores.get("accuracy")}
-    return {k: scores.get(k) for k in ("bleu", "chrf", "ter", "comet")}
+        return {"accuracy": scores.get("accuracy"), "format_rate": scores.get("format_rate"),
+                "format_reward": scores.get("format_reward")} | loss
+    return {k: scores.get(k) for k in ("bleu", "chrf", "ter", "comet")} | loss
