@@ -188,3 +188,21 @@ def load_model_for_inference(base: str, adapter_dir: Path | None = None, dtype: 
         model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), **kwargs)
     model.eval()
     return model
+
+
+def gather_full_state_dict_for_save(trainer) -> bool:
+    """Before a stage's final `trainer.save_model`: under FSDP with SHARDED_STATE_DICT (what the fsdp
+    strategy trains with, for fast checkpoints) transformers' save_model writes nothing at all -- it saves
+    only when the plugin says FULL_STATE_DICT -- so no loadable PEFT adapter would reach the store. Switch
+    the plugin to FULL_STATE_DICT (gathered to rank 0 on the CPU, as TRL and PEFT document for the final
+    save); save_model must then run on every rank (the gather is collective). Its sharded configs are
+    dropped so set_state_dict_type builds full ones. Returns whether it switched."""
+    plugin = getattr(getattr(getattr(trainer, "accelerator", None), "state", None), "fsdp_plugin", None)
+    if not getattr(trainer, "is_fsdp_enabled", False) or plugin is None:
+        return False
+    if "FULL_STATE_DICT" in str(plugin.state_dict_type):
+        return False
+    plugin.state_dict_config = None
+    plugin.optim_state_dict_config = None
+    plugin.set_state_dict_type("FULL_STATE_DICT")
+    return True

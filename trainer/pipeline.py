@@ -139,6 +139,9 @@ def _publish_final(run: Run, trainer, recipe, name: str, output_dir: Path, state
         if state.is_main_process:
             recipe.finalize(trainer, final)
     else:
+        from trainer.models import gather_full_state_dict_for_save
+
+        gather_full_state_dict_for_save(trainer)  # FSDP sharded: else save_model writes no adapter
         trainer.save_model(str(final))
     if not state.is_main_process:
         return
