@@ -89,3 +89,43 @@ def test_merge_device_and_dtype_follow_the_placement_decision(tiny: tuple[Path, 
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
                                              adapter).eval()
     torch.testing.assert_close(_logits(merged.eval(), ids), _logits(with_adapter, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_merge_job_step_writes_merged_into_the_runs_store(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    """jobs/merge.yaml's own `run:` text, run with bash against a local store on the tiny model: the
+    merged model lands at runs/<id>/<stage>/merged/ in the run's store, marker last, and loads without
+    PEFT. A missing stage is one line and exit 2, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from trainer.store import open_store
+
+    base, adapter = tiny
+    store, run_id = make_run(tmp_path, base, stages=("sft",), adapters={"sft": adapter})
+    script = yaml.safe_load((Path(__file__).parent.parent / "jobs" / "merge.yaml").read_text())["run"]
+    bin_dir = tmp_path / "bin"  # `python` is this venv's, as it is the image's in the job
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RUN": f"{store}/runs/{run_id}", "STAGE": "",
+           "FT_STORE": "", "AWS_ENDPOINT_URL": "", "HF_TOKEN": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    run = Run(str(store), run_id)
+    key = run.merged("sft")
+    assert open_store(str(store)).is_complete(key)
+    assert proc.stdout.strip().splitlines()[-1] == run.url(key)
+    merged = Path(store) / key
+    info = json.loads((merged / "merge_info.json").read_text())
+    assert (info["stage"], info["run_id"], info["kind"]) == ("sft", run_id, "lora-merged")
+    assert not (merged / "adapter_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(merged)  # plain transformers, as vLLM needs
+
+    proc = subprocess.run(["bash", "-c", script], env={**env, "STAGE": "dpo"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "no stage 'dpo'" in proc.stderr and "Traceback" not in proc.stderr

@@ -51,18 +51,22 @@ def merge_adapter(base: str, adapter_dir: Path, out_dir: Path, dtype: str = "aut
     return out_dir
 
 
-def merge_run(run: Run, stage: str | None, out: str) -> str:
-    """Merge a run's stage (default: its last finished stage) into `out`, a local folder or a store
-    URI (`s3://…`; uploaded with the completion marker last). Returns where it went."""
+def merge_run(run: Run, stage: str | None, out: str | None = None) -> str:
+    """Merge a run's stage (default: its last finished stage) into `out`: a local folder, a store URI
+    (`s3://…`), or by default the run's own store at `runs/<id>/<stage>/merged/` (uploaded with the
+    completion marker last, so a half-written upload never counts). Returns where it went."""
     spec = run.spec
     stage = stage or run.last_done_stage()
     adapter = run.model_dir(stage)
     # The store keeps training in the spec's dtype; on the CPU `auto` is fp32 anyway.
     dtype = spec.model.dtype
-    if "://" in out:  # a store URI (s3://, or file:// for a store folder): upload, marker last
+    if out is None or "://" in out:  # into a store (s3://, or file:// for a store folder): upload, marker last
         with tempfile.TemporaryDirectory(prefix="ft-merge-") as tmp:
             folder = merge_adapter(spec.model.base, adapter, Path(tmp) / "merged", dtype=dtype)
             _stamp(folder, run, stage)
+            if out is None:
+                run.store.upload_dir(folder, run.merged(stage), progress=False)
+                return run.url(run.merged(stage))
             store_uri, _, key = out.rstrip("/").rpartition("/")
             open_store(store_uri).upload_dir(folder, key)
         return out
@@ -76,3 +80,36 @@ def _stamp(folder: Path, run: Run, stage: str) -> None:
     info = json.loads((folder / MERGE_INFO).read_text())
     info.update({"run_id": run.run_id, "stage": stage, "store": run.store_uri})
     (folder / MERGE_INFO).write_text(json.dumps(info, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer merge RUN [--stage S] [--store URI] [--out DEST]`: the cloud job step
+    (jobs/merge.yaml) and the same on any machine. One error boundary: a user error is one line and its
+    exit code (2 bad input, 75 retryable), never a traceback."""
+    import argparse
+    import sys
+
+    from trainer import settings
+    from trainer.errors import describe, mask_secrets
+
+    parser = argparse.ArgumentParser(prog="python -m trainer merge",
+                                     description="Merge a run's stage adapter into its base, into the store.")
+    parser.add_argument("run", help="s3://…/runs/<id>, <store>/runs/<id>, or a run id in --store")
+    parser.add_argument("--stage", default="", help="default: the run's last finished stage")
+    parser.add_argument("--store", default="", help="store of a bare run id (default: $FT_STORE)")
+    parser.add_argument("--out", default="", help="default: runs/<id>/<stage>/merged/ in the run's store")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:  # "" is "not given": a job YAML's empty env
+        run = Run.from_ref(args.run, args.store or settings.store() or settings.DEFAULT_STORE)
+        print(merge_run(run, args.stage or None, args.out or None))
+    except Exception as e:  # noqa: BLE001 -- classified; a bug keeps its traceback
+        found = describe(e)
+        if found is None:
+            raise
+        print(mask_secrets(f"[exit {found[0]}] {found[1]}"), file=sys.stderr)
+        return found[0]
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

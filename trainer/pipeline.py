@@ -351,6 +351,13 @@ def _failure_line(error: BaseException) -> tuple[int, str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["merge"]:  # its own parser and error boundary: trainer/merge.py (jobs/merge.yaml)
+        from trainer.merge import main as merge_main
+
+        return merge_main(argv[1:])
 
     from rich.markup import escape
 

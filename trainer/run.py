@@ -6,6 +6,7 @@ trainer) and everything that reads one (`ft eval`, `ft merge`, `ft serve`, `ft p
     runs/<run-id>/run.json                          bundle, resolved spec, per-stage status and bill
     runs/<run-id>/<stage>/checkpoints/<step>/       resumable Trainer checkpoint (_MANIFEST.json, _COMPLETE last)
     runs/<run-id>/<stage>/final/                    PEFT adapter or full weights + tokenizer (_COMPLETE last)
+    runs/<run-id>/<stage>/merged/                   adapter merged into the base (`trainer merge`, _COMPLETE last)
     runs/<run-id>/<stage>/metrics.jsonl             one JSON object per logging step
     runs/<run-id>/<stage>/tensorboard/              TensorBoard event files
     runs/<run-id>/<stage>/on_policy_pairs/          DPO pairs sampled on-policy (_COMPLETE last)
@@ -144,6 +145,10 @@ class Run:
 
     def final(self, stage: str) -> str:
         return f"{self.stage(stage)}/final"
+
+    def merged(self, stage: str) -> str:
+        """The stage's adapter merged into its base (`python -m trainer merge`, jobs/merge.yaml)."""
+        return f"{self.stage(stage)}/merged"
 
     def metrics(self, stage: str) -> str:
         return f"{self.stage(stage)}/metrics.jsonl"
