@@ -215,7 +215,7 @@ def step_bundle(demo: Demo) -> str:
 def step_train(demo: Demo) -> str:
     from trainer.pipeline import run_bundle
 
-    run_id = f"demo-{demo.bundle.bundle_id[:8]}" + (f"-{int(time.time())}" if demo.fresh else "")
+    run_id = f"{demo.spec.name}-{demo.bundle.bundle_id[:8]}" + (f"-{int(time.time())}" if demo.fresh else "")
     with quiet_hf(demo, run_prefix=f"{run_id}-"):
         demo.run = run_bundle(str(demo.bundle.path), run_id=run_id, store_uri=demo.store)
     _record_cloud_estimate(demo.run, demo.spec, demo.task.config.parent)
@@ -402,6 +402,10 @@ def quiet_hf(demo: Demo, run_prefix: str | None = None) -> Iterator[None]:
     """Silence the libraries' own bars and chatter for one step: datasets' map bars, transformers' weight
     loading bars and info logs, the hub's download bars. With `run_prefix` (the train step) the Trainer's
     tqdm bar is replaced by one line per stage in the step's progress display. All restored afterwards."""
+    bnb = logging.getLogger("bitsandbytes")
+    bnb_level = bnb.level
+    # before transformers.trainer imports it: "Failed to load CPU gemm_4bit_forward…", an optional kernel
+    bnb.setLevel(logging.ERROR)
     import datasets
     import transformers
     import transformers.trainer as hf_trainer
@@ -410,13 +414,10 @@ def quiet_hf(demo: Demo, run_prefix: str | None = None) -> Iterator[None]:
     datasets_bars = datasets.utils.logging.is_progress_bar_enabled()
     verbosity = transformers.logging.get_verbosity()
     saved = hf_trainer.DEFAULT_PROGRESS_CALLBACK, hf_trainer.PrinterCallback
-    bnb = logging.getLogger("bitsandbytes")
-    bnb_level = bnb.level
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
     disable_progress_bars()
-    bnb.setLevel(logging.ERROR)  # "Failed to load CPU gemm_4bit_forward…": an optional kernel QLoRA would use
     ds_accelerator = os.environ.get("DS_ACCELERATOR")
     if ds_accelerator is None and not _has_accelerator():
         os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed falls back to anyway, with a warning

@@ -29,7 +29,8 @@ def _free_port() -> int:
 
 def _bundle(tmp_path: Path, store: Path) -> Path:
     raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    raw["stages"] = [{**raw["stages"][0], "max_steps": 2, "save_steps": 1, "per_device_train_batch_size": 2}]
+    raw["stages"] = [{**raw["stages"][0], "max_steps": 2, "save_steps": 1, "per_device_train_batch_size": 2,
+                      "init_adapter": None}]  # no prototype in this bundle
     raw["store"] = {"uri": str(store)}
     raw.pop("prototype", None)
     raw["data"] = {k: v for k, v in raw["data"].items() if k in ("task", "sft_train", "sft_valid", "test")}

@@ -39,7 +39,8 @@ def test_demo_mapping_scale_keys_layers():
 def test_warnings_where_mlx_cannot_honour_a_setting():
     spec = parse_spec(_demo(finetune__method="full", finetune__lora__layers_to_transform=[0, 2],
                             prototype__mask_prompt=False, prototype__learning_rate=1e-6,
-                            prototype__model="mlx-community/SmolLM2-135M-Instruct-4bit"))
+                            prototype__model="mlx-community/SmolLM2-135M-Instruct-4bit",
+                            stages__0__learning_rate=2e-4))
     rows = _rows(spec)
     assert "full fine-tuning" in rows["method"][2]
     assert "not one" in rows["layers"][2]

@@ -51,7 +51,11 @@ def test_gsm8k_scores_hand_checked() -> None:
     assert [it["correct"] for it in result["items"]] == [True, True, True, True, False, False]
     assert result["correct"] == 4 and result["n"] == 6 and result["no_answer"] == 1
     assert result["accuracy"] == round(4 / 6, 6)
-    assert result["items"][2] == {"index": 2, "extracted": "70000", "gold": "70000", "correct": True}
+    assert result["items"][2] == {"index": 2, "extracted": "70000", "gold": "70000", "correct": True,
+                                  "formatted": False, "format_reward": 0.0}
+    # only the first states its answer on a `#### N` line, after its reasoning (the GRPO format reward's 1.0)
+    assert [it["formatted"] for it in result["items"]] == [True, False, False, False, False, False]
+    assert result["format_rate"] == round(1 / 6, 6) and result["format_reward"] == round(1 / 6, 6)
 
 
 runner = CliRunner()
@@ -72,7 +76,9 @@ def test_ft_eval_score_gsm8k_sample(tmp_path: Path) -> None:
     assert result["n"] == 200 and result["correct"] == 100 and result["accuracy"] == 0.5
     items = [json.loads(line) for line in per_item.read_text().splitlines()]
     assert len(items) == 200
-    assert items[0] == {"index": 0, "extracted": "18", "gold": "18", "correct": True}
+    assert items[0] == {"index": 0, "extracted": "18", "gold": "18", "correct": True, "formatted": True,
+                        "format_reward": 1.0}
+    assert result["format_rate"] == 0.5  # the references' own `#### N` lines; "I think it is N." has none
     assert items[150]["correct"] is False and int(items[150]["extracted"]) == int(items[150]["gold"]) + 1
 
 
