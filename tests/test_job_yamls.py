@@ -88,68 +88,85 @@ def test_sky_config_is_valid_layered_config():
     assert cfg["jobs"]["controller"]["resources"]["infra"] == "aws"  # a cloud that can host controllers
 
 
-def _run_script(name: str, env: dict[str, str], tmp_path: Path) -> list[list[str]]:
-    """Run the YAML's `run:` with `python` and `accelerate` replaced by recorders; return their argv."""
+def _launch_plan(run_text: str, env: dict[str, str], tmp_path: Path) -> tuple[int, list[list[str]], str]:
+    """Run a YAML's own `run:` text with bash, `python` on PATH being this interpreter, the launcher in
+    dry-run mode (FT_LAUNCH_DRY_RUN): the commands each node would start, with this interpreter as "python"."""
+    import sys
+
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    log = tmp_path / "calls.jsonl"
-    for tool in ("python", "accelerate"):
-        shim = bin_dir / tool
-        shim.write_text(f"#!/usr/bin/env bash\nprintf '%s\\0' {tool} \"$@\" >> {log}\nprintf '\\n' >> {log}\n"
-                        f"exit ${{SHIM_RC:-0}}\n")
-        shim.chmod(0o755)
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
+    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO),
+                "FT_LAUNCH_DRY_RUN": "1", "CUDA_VISIBLE_DEVICES": "", **env}
+    proc = subprocess.run(["bash", "-c", run_text], env=full_env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    commands = [["python" if a == sys.executable else a for a in json.loads(line)["command"]]
+                for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, commands, proc.stderr
+
+
+def _yaml_env(name: str, **env: str) -> dict[str, str]:
     raw = _raw(name)
-    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    full_env.update({k: "" if v is None else str(v) for k, v in raw["envs"].items()})
-    full_env.update(ENVS)
-    full_env.update(env)
-    proc = subprocess.run(["bash", "-c", raw["run"]], env=full_env, capture_output=True, text=True, timeout=60)
-    calls = []
-    if log.exists():
-        for line in log.read_text().splitlines():
-            if line:
-                calls.append([a for a in line.split("\0") if a])
-    return [proc.returncode, calls, proc.stderr]
+    return {**{k: "" if v is None else str(v) for k, v in raw["envs"].items()}, **ENVS, **env}
 
 
-def test_run_script_single_gpu(tmp_path):
-    rc, calls, err = _run_script("sft", {"SKYPILOT_NUM_GPUS_PER_NODE": "1", "SKYPILOT_NUM_NODES": "1"}, tmp_path)
+def test_every_run_text_is_one_call_of_the_image_entry_point():
+    """SkyPilot's own examples: a `run:` of a few lines calling the framework's CLI."""
+    for name in JOB_YAMLS:
+        lines = [line for line in _raw(name)["run"].splitlines() if line.strip() and not line.strip().startswith("#")]
+        assert len(lines) == 1 and lines[0].startswith("python -m trainer launch "), name
+
+
+def test_run_text_single_gpu(tmp_path):
+    rc, calls, err = _launch_plan(_raw("sft")["run"], _yaml_env("sft", SKYPILOT_NUM_GPUS_PER_NODE="1"), tmp_path)
     assert rc == 0, err
     assert calls == [["python", "-m", "trainer", "run", ENVS["BUNDLE"], "--run-id", "run-1", "--stage", "sft"]]
 
 
-def test_run_script_exit_code_passes_through(tmp_path):
-    rc, _, _ = _run_script("grpo", {"SHIM_RC": "75"}, tmp_path)
-    assert rc == 75  # what job_recovery.recover_on_exit_codes matches
+def test_run_text_pipeline_evaluates_on_the_head_node_only(tmp_path):
+    env = {"SKYPILOT_NUM_GPUS_PER_NODE": "8", "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6",
+           "FT_STRATEGY": "deepspeed_zero3_offload"}
+    for rank, expected_calls in (("1", 1), ("0", 2)):
+        rc, calls, err = _launch_plan(_raw("pipeline")["run"], _yaml_env("pipeline", SKYPILOT_NODE_RANK=rank, **env),
+                                      tmp_path)
+        assert rc == 0, err
+        assert len(calls) == expected_calls
+        flags = " ".join(calls[0])
+        for part in ("-m accelerate.commands.launch", "--num_machines 2", f"--machine_rank {rank}",
+                     "--main_process_ip 10.0.0.5", "--num_processes 16", "--use_deepspeed", "--zero_stage 3",
+                     "-m trainer run " + ENVS["BUNDLE"]):
+            assert part in flags
+    assert calls[1] == ["python", "-m", "trainer", "eval", ENVS["BUNDLE"], "--run-id", "run-1"]
 
 
-def test_run_script_multi_node(tmp_path):
-    env = {"SKYPILOT_NUM_GPUS_PER_NODE": "8", "SKYPILOT_NUM_NODES": "2", "SKYPILOT_NODE_RANK": "1",
-           "SKYPILOT_NODE_IPS": "10.0.0.5\n10.0.0.6", "FT_STRATEGY": "deepspeed_zero3_offload"}
-    rc, calls, err = _run_script("pipeline", env, tmp_path)
-    assert rc == 0, err
-    acc = calls[0]
-    assert acc[0] == "accelerate" and acc[1] == "launch"
-    flags = " ".join(acc)
-    for part in ("--num_machines 2", "--machine_rank 1", "--main_process_ip 10.0.0.5", "--num_processes 16",
-                 "--use_deepspeed", "--zero_stage 3", "-m trainer run " + ENVS["BUNDLE"]):
-        assert part in flags
-    assert len(calls) == 1  # evaluation only on the head node (rank 0)
+def test_run_text_eval_is_one_process_on_the_head_node(tmp_path):
+    env = _yaml_env("eval", SKYPILOT_NUM_GPUS_PER_NODE="4")
+    assert _launch_plan(_raw("eval")["run"], env, tmp_path)[1] == [
+        ["python", "-m", "trainer", "eval", ENVS["BUNDLE"], "--run-id", "run-1"]]
 
 
-def test_run_script_uses_accelerate_config_from_ft_launch(tmp_path):
+def test_run_text_exit_code_is_the_trainers(tmp_path):
+    """A bad bundle is exit 2 (final), through the YAML's own run text and the real trainer."""
+    env = {k: v for k, v in _yaml_env("grpo", BUNDLE=str(tmp_path / "no-such-bundle")).items()}
+    rc, _, err = _launch_plan(_raw("grpo")["run"], {**env, "FT_LAUNCH_DRY_RUN": ""}, tmp_path)
+    assert rc == 2, err
+    assert "Traceback" not in err
+
+
+def test_run_text_uses_accelerate_config_from_ft_launch(tmp_path):
     from jobs.launch import accelerate_envs
     from trainer.spec import parse_spec
 
     spec = parse_spec({"name": "x", "model": {"base": "m-7B"}, "data": {"task": "math", "sft_train": "a"},
                        "stages": [{"method": "sft"}], "distributed": {"strategy": "deepspeed_zero2"}})
-    env = {"SKYPILOT_NUM_GPUS_PER_NODE": "4", **accelerate_envs(spec)}
-    rc, calls, err = _run_script("sft", env, tmp_path)
+    env = _yaml_env("sft", SKYPILOT_NUM_GPUS_PER_NODE="4", **accelerate_envs(spec))
+    rc, calls, err = _launch_plan(_raw("sft")["run"], env, tmp_path)
     assert rc == 0, err
-    assert "--config_file" in calls[0] and "--num_processes" in calls[0]
-    written = yaml.safe_load(Path("/tmp/ft-accelerate/accelerate.yaml").read_text())
-    assert written["distributed_type"] == "DEEPSPEED"
-    assert json.loads(Path("/tmp/ft-accelerate/deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
+    config = Path(calls[0][calls[0].index("--config_file") + 1])
+    assert yaml.safe_load(config.read_text())["distributed_type"] == "DEEPSPEED"
+    assert json.loads((config.parent / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 2
+    assert "--num_processes" in calls[0]
 
 
 def test_checked_in_accelerate_configs_are_current():
@@ -201,28 +218,6 @@ def test_deepspeed_json_validated_by_deepspeed(strategy):
     assert ds.train_batch_size == 16 and ds.zero_optimization_stage == parsed_zero.stage
 
 
-def _run_rendered(cfg: dict, env: dict[str, str], tmp_path: Path, nvidia_smi: str | None = None) -> list[str]:
-    """Run a task `ft launch` rendered (its own `run:` text and envs) with recorders for python and
-    accelerate, and optionally an `nvidia-smi` that reports `nvidia_smi` as the compute capability;
-    return accelerate's argv."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
-    log = tmp_path / "calls.txt"
-    for tool in ("python", "accelerate"):
-        shim = bin_dir / tool
-        shim.write_text(f"#!/usr/bin/env bash\nif [ {tool} = accelerate ]; then printf '%s\\n' \"$@\" > {log}; fi\n")
-        shim.chmod(0o755)
-    if nvidia_smi is not None:
-        (bin_dir / "nvidia-smi").write_text(f"#!/usr/bin/env bash\necho {nvidia_smi}\n")
-        (bin_dir / "nvidia-smi").chmod(0o755)
-    full_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)}
-    full_env.update({k: "" if v is None else str(v) for k, v in cfg["envs"].items()})
-    full_env.update(env)
-    proc = subprocess.run(["bash", "-c", cfg["run"]], env=full_env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return log.read_text().splitlines()
-
-
 def _mixed(argv: list[str]) -> str:
     return argv[argv.index("--mixed_precision") + 1]
 
@@ -241,33 +236,31 @@ def test_mixed_precision_follows_model_dtype(dtype, strategy, expected, tmp_path
                        "distributed": {"strategy": strategy}})
     cfg = build_task_config(spec, ENVS["BUNDLE"], "run-1", [], stage="sft", image="img:1")
     assert cfg["envs"]["FT_MIXED_PRECISION"] == expected
-    assert "bf16" not in cfg["run"].split("--mixed_precision")[1].split("\\")[0]  # nothing hard-coded
-    argv = _run_rendered(cfg, {"SKYPILOT_NUM_GPUS_PER_NODE": "2"}, tmp_path, nvidia_smi="7.5")
-    assert _mixed(argv) == expected
+    env = {k: "" if v is None else str(v) for k, v in cfg["envs"].items()}
+    rc, calls, err = _launch_plan(cfg["run"], {**env, "SKYPILOT_NUM_GPUS_PER_NODE": "2"}, tmp_path)
+    assert rc == 0, err
+    assert _mixed(calls[0]) == expected
     if strategy != "none":
-        shipped = yaml.safe_load(Path("/tmp/ft-accelerate/accelerate.yaml").read_text())
+        shipped = yaml.safe_load(Path(calls[0][calls[0].index("--config_file") + 1]).read_text())
         assert shipped["mixed_precision"] == expected
 
 
-@pytest.mark.parametrize(("capability", "expected"), [("7.5", "fp16"), ("7.0", "fp16"), ("8.0", "bf16"),
-                                                      ("9.0", "bf16"), (None, "bf16")])
 @pytest.mark.parametrize("name", ["sft", "dpo", "grpo", "pipeline"])  # eval.yaml runs one process
-def test_mixed_precision_auto_asks_the_gpu(name, capability, expected, tmp_path):
-    """model.dtype auto: the node's GPU decides as trainer.models.decide_placement does (bf16 on compute
-    capability 8+, fp16 before); without nvidia-smi, bf16."""
+def test_mixed_precision_auto_is_decided_on_the_node(name, tmp_path):
+    """model.dtype auto: every YAML leaves it to the node (trainer.launch.mixed_precision, tested over
+    every compute capability in test_launcher.py); this CPU has no GPU, so no mixed precision."""
     from jobs.launch import build_task_config
     from trainer.spec import parse_spec
 
     spec = parse_spec({"name": "x", "model": {"base": "m-7B"}, "data": {"task": "math", "sft_train": "a"},
                        "stages": [{"method": "sft"}], "distributed": {"strategy": "ddp"}})
-    stage = None if name == "pipeline" else "sft"
-    cfg = build_task_config(spec, ENVS["BUNDLE"], "run-1", [], stage=stage, image="img:1")
-    if name in ("dpo", "grpo"):  # same run text; rendered from its own file
-        cfg = {**cfg, "run": _raw(name)["run"]}
-    assert cfg["envs"]["FT_MIXED_PRECISION"] == "auto"
-    argv = _run_rendered(cfg, {"SKYPILOT_NUM_GPUS_PER_NODE": "4"}, tmp_path, nvidia_smi=capability)
-    assert _mixed(argv) == expected
-    assert _raw(name)["envs"]["FT_MIXED_PRECISION"] == "auto"
+    cfg = build_task_config(spec, ENVS["BUNDLE"], "run-1", [], stage=None if name == "pipeline" else "sft",
+                            image="img:1")
+    assert cfg["envs"]["FT_MIXED_PRECISION"] == "auto" == _raw(name)["envs"]["FT_MIXED_PRECISION"]
+    env = {k: "" if v is None else str(v) for k, v in cfg["envs"].items()}
+    rc, calls, err = _launch_plan(_raw(name)["run"], {**env, "SKYPILOT_NUM_GPUS_PER_NODE": "4"}, tmp_path)
+    assert rc == 0, err
+    assert _mixed(calls[0]) == "no"
 
 
 def test_merge_yaml_is_a_valid_skypilot_task():

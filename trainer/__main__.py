@@ -1,4 +1,5 @@
-"""`python -m trainer run BUNDLE_URI [--stage S] [--run-id ID]`: the CUDA image's entrypoint."""
+"""The CUDA image's entry points: `python -m trainer run|eval BUNDLE_URI …`, and on each node of a
+SkyPilot job `python -m trainer launch run|eval|pipeline BUNDLE` (trainer/launch.py)."""
 
 import sys
 

@@ -3,12 +3,14 @@ minutes (see trainer/preemption.py), and metrics.jsonl.
 
 The Hugging Face Trainer writes `checkpoint-N/` locally (weights, optimizer, scheduler, RNG state and
 trainer_state.json with the data position); this callback copies it to the store right after, so a
-preempted machine loses at most `save_steps` steps."""
+preempted machine loses at most `save_steps` steps. On several nodes each node's folder holds only its
+own ranks' files, so each node uploads its part and the head node seals the whole (trainer/store.py)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,33 @@ from typing import Any
 from transformers import TrainerCallback
 
 from trainer import faults
+from trainer.metric_names import RENAMES as _RENAMES
 from trainer.preemption import PreemptionGuard
 from trainer.run import Run
 from trainer.store import MARKER
 
-# TRL's log keys → ours (the report and the eval read these names)
-RENAMES = {"reward": "reward_mean", "reward_std": "reward_std", "loss": "loss", "learning_rate": "learning_rate"}
+# TRL's log keys → ours; every other key is kept as TRL logs it (the names: trainer/metric_names.py)
+RENAMES = _RENAMES
+
+
+def node_of_this_process() -> tuple[int, int]:
+    """(this node's index, the number of nodes): torchrun's LOCAL_WORLD_SIZE processes per node."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    world, rank = dist.get_world_size(), dist.get_rank()
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or world))
+    return rank // per_node, max(1, world // per_node)
+
+
+def _barrier() -> None:
+    """torch.distributed's own barrier: a PartialState() made here (not the pipeline's cpu=True one)
+    changed the numerics of later steps, and resume stopped being bit-exact."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 class StoreCheckpointCallback(TrainerCallback):
@@ -32,14 +55,22 @@ class StoreCheckpointCallback(TrainerCallback):
         self.after_upload = after_upload  # e.g. move the bill's clock in run.json
 
     def on_save(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return control
+        """Every node uploads its own part of `checkpoint-N/` (the RNG states of its ranks, its shards;
+        the head node also the weights, optimizer and trainer state); the head node seals the
+        checkpoint once every part is there. One node, one part: the same path."""
+        key = self.run.checkpoint(self.stage, state.global_step)
         local = self.output_dir / f"checkpoint-{state.global_step}"
-        if local.is_dir():
+        node, nodes = node_of_this_process()
+        if state.is_world_process_zero:
             if self.metrics_file.exists():  # metrics first: a resumed run continues the same file
                 self.run.store.upload_file(self.metrics_file, self.run.metrics(self.stage))
-            self.run.store.upload_dir(local, self.run.checkpoint(self.stage, state.global_step), progress=False,
-                                         on_file=self._mid_upload_fault(local))
+            self.run.store.unmark(key)  # a step saved again after a resume: not complete until resealed
+        _barrier()  # every rank has written its files into checkpoint-N/
+        if state.is_local_process_zero and local.is_dir():
+            self.run.store.upload_part(local, key, f"node-{node}", on_file=self._mid_upload_fault(local))
+        _barrier()
+        if state.is_world_process_zero:
+            self.run.store.finish_parts(key, [f"node-{n}" for n in range(nodes)])
             if faults.active("kill-after-checkpoint") is not None:
                 faults.kill9()
             self._prune()
@@ -70,7 +101,10 @@ class StoreCheckpointCallback(TrainerCallback):
 
 
 class MetricsCallback(TrainerCallback):
-    """Appends one JSON line per log event: loss, learning rate, reward mean/std, tokens/s, step time."""
+    """Appends one JSON line per log event, every numeric value TRL logged under the names documented in
+    trainer/metric_names.py: training rows (loss, learning rate, grad norm, DPO rewards, GRPO rewards, KL,
+    completion lengths), evaluation rows (`eval_*`), and the stage's summary (`final`); training rows get
+    the step time and tokens/s measured here."""
 
     def __init__(self, path: Path, stage: str):
         self.path, self.stage = Path(path), stage
@@ -89,8 +123,13 @@ class MetricsCallback(TrainerCallback):
             return
         row: dict[str, Any] = {"stage": self.stage, "step": state.global_step, "epoch": state.epoch}
         for key, value in logs.items():
-            if isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            # bools are ints to Python but not metrics; NaN is not JSON (TRL logs None for "no value")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and not (isinstance(value, float) and math.isnan(value)):
                 row[RENAMES.get(key, key)] = value
+        if any(key.startswith("eval_") for key in logs):  # an evaluation: the step timings belong to training rows
+            self._write(row)
+            return
         if self._step_times:
             row["step_time"] = sum(self._step_times) / len(self._step_times)
             self._step_times.clear()
@@ -102,6 +141,9 @@ class MetricsCallback(TrainerCallback):
             self._last_log = (now, float(tokens))
         if "train_runtime" in logs:
             row["final"] = True
+        self._write(row)
+
+    def _write(self, row: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

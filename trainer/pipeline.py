@@ -349,6 +349,19 @@ def _failure_line(error: BaseException) -> tuple[int, str] | None:
     return code, mask_secrets(f"[exit {code}] {message}")
 
 
+def _launch(args) -> int:
+    from trainer.launch import launch
+
+    try:
+        return launch(args.what, args.bundle, args.stage, args.run_id, args.store)
+    except Exception as e:  # noqa: BLE001 -- same boundary as the trainer's own commands
+        found = _failure_line(e)
+        if found is None:
+            raise
+        console.print(found[1], style="red", markup=False, highlight=False)
+        return found[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
@@ -371,7 +384,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--run-id", help="default: $SKYPILOT_TASK_ID, else a new id")
         p.add_argument("--store", help="artifact store URI (default: $FT_STORE, else the spec's store.uri)")
     evaluate.add_argument("--limit", type=int, help="test items (default: the spec's evaluation.limit)")
+    launcher = sub.add_parser("launch", help="a SkyPilot job's entry point on each node: run, eval or both, "
+                                             "one process or accelerate across every node's GPUs")
+    launcher.add_argument("what", choices=("run", "eval", "pipeline"))
+    launcher.add_argument("bundle")
+    for name in ("--stage", "--run-id", "--store"):  # "" (a YAML env left empty) means not given
+        launcher.add_argument(name, default="")
     args = parser.parse_args(argv)
+    if args.command == "launch":
+        return _launch(args)
     guard = PreemptionGuard(on_exit=_write_exit_code).install()
     try:
         if args.command == "run":

@@ -88,10 +88,27 @@ def load_policy_adapter(model, checkpoint: Path) -> None:
                              f"unexpected {list(result.unexpected_keys)[:3]})")
 
 
+def restore_cpu_index_locations() -> None:
+    """Let `torch.load` map a storage to "cpu:N". The Trainer loads the optimizer with
+    `map_location=args.device` when several processes train, and on CPUs (gloo) that device is "cpu:0",
+    which torch has no restore rule for ("don't know how to restore data location of
+    torch.storage.UntypedStorage (tagged with cpu:0)"): a multi-process CPU run could never resume."""
+    import torch.serialization as serialization
+
+    def restore(obj, location: str):
+        return obj if location.startswith("cpu:") else None
+
+    if not getattr(serialization, "_ft_cpu_index_rule", False):
+        serialization.register_package(11, lambda obj: None, restore)  # after torch's own "cpu" (10)
+        serialization._ft_cpu_index_rule = True
+
+
 def make_resume_exact(trainer) -> None:
     """Replace the Trainer's checkpoint-weights loading for PEFT models by `load_policy_adapter`
     (optimizer, scheduler, RNG and data position are still restored by the Trainer itself)."""
     from peft import PeftModel
+
+    restore_cpu_index_locations()
 
     if not isinstance(trainer.model, PeftModel):
         return

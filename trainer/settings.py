@@ -20,6 +20,11 @@ that does not parse is a bad-input error naming the variable, not a traceback.
 | FT_CATALOG_DOWNLOAD | unset | 1: let SkyPilot download missing catalogs |
 | FT_MLX_OUTPUTS | outputs/mlx | where `ft prototype` writes its adapter and results |
 | FT_REGISTRY | ghcr.io/llm-finetuning | registry of the images cloud jobs and services pull, `--push` target |
+| FT_STRATEGY | ddp | `python -m trainer launch`: multi-GPU strategy when no accelerate config is given |
+| FT_MIXED_PRECISION | auto | `python -m trainer launch`: bf16, fp16, no or auto (bf16 on compute capability 8+) |
+| FT_ACCELERATE_CONFIG | unset | `python -m trainer launch`: base64 accelerate config rendered by `ft launch` |
+| FT_DEEPSPEED_CONFIG | unset | `python -m trainer launch`: base64 DeepSpeed JSON that config points to |
+| FT_LAUNCH_DRY_RUN | unset | 1: `python -m trainer launch` prints the commands it would run, runs nothing |
 """
 
 from __future__ import annotations
@@ -114,6 +119,29 @@ def mlx_outputs() -> Path:
 def registry() -> str | None:
     """FT_REGISTRY as given (checked and defaulted by jobs.images_ref); None when unset."""
     return text("FT_REGISTRY")
+
+
+def strategy() -> str:
+    return text("FT_STRATEGY") or "ddp"
+
+
+def mixed_precision() -> str:
+    value = text("FT_MIXED_PRECISION") or "auto"
+    if value not in ("auto", "bf16", "fp16", "no"):
+        raise BadInput(f"FT_MIXED_PRECISION={value!r}: one of auto, bf16, fp16, no")
+    return value
+
+
+def accelerate_config() -> str | None:
+    return text("FT_ACCELERATE_CONFIG")
+
+
+def deepspeed_config() -> str | None:
+    return text("FT_DEEPSPEED_CONFIG")
+
+
+def launch_dry_run() -> bool:
+    return flag("FT_LAUNCH_DRY_RUN")
 
 
 def secrets_present() -> dict[str, str]:

@@ -7,6 +7,10 @@ a manifest (`_MANIFEST.json`: sha256 and size of every file), so a reader takes 
 the writer meant (objects a cut-off earlier upload left behind are not among them) and can prove
 that what it downloaded is what was written.
 
+A folder several machines write (a multi-node checkpoint: each node holds its own ranks' RNG states and
+shards) is uploaded in parts: each writer sends its files and a part manifest (`_PARTS/<part>.json`),
+then one writer, once every part is there, writes the folder's manifest (their union) and the marker.
+
 Errors: `StoreUnavailable` (timeouts, closed connections, 5xx, throttling: worth a retry) and
 `StoreError` (a missing bucket, denied access, a corrupt folder, a key escaping its folder: not).
 """
@@ -38,6 +42,7 @@ from trainer.errors import BadInput, Retryable
 MARKER = "_COMPLETE"
 MANIFEST = "_MANIFEST.json"
 STORE_FILES = {MARKER, MANIFEST}  # the store's own bookkeeping: never part of a folder's content
+PARTS = "_PARTS"  # part manifests of a folder written by several machines
 SHA_META = "sha256"  # S3 object metadata key holding the content hash (idempotent uploads)
 CHUNK = 8 * 1024 * 1024
 
@@ -100,6 +105,10 @@ def _progress(enabled: bool) -> Progress:
         disable=not enabled,
         transient=True,
     )
+
+
+def _bookkeeping(rel: str) -> bool:
+    return rel in STORE_FILES or rel.startswith(f"{PARTS}/")
 
 
 def _local_files(root: Path) -> Iterator[tuple[str, Path]]:
@@ -210,6 +219,49 @@ class Store(ABC):
             self.write_text(_join(key, MARKER), "")
         return sent
 
+    def upload_part(self, local: Path, key: str, part: str, workers: int = 8,
+                    on_file: Callable[[str], None] | None = None) -> int:
+        """One writer's share of a folder: its files, then its part manifest. The folder is complete
+        only after `finish_parts`. Returns the number of files sent."""
+        files = [(rel, p) for rel, p in _local_files(Path(local)) if not _bookkeeping(rel)]
+        digests = {rel: sha256_file(p) for rel, p in files}
+
+        def one(item: tuple[str, Path]) -> bool:
+            rel, path = item
+            changed = self.upload_file(path, _join(key, rel), digests[rel])
+            if on_file:
+                on_file(rel)
+            return changed
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            sent = sum(pool.map(one, files))
+        wanted = {rel: {"sha256": digests[rel], "size": p.stat().st_size} for rel, p in files}
+        self.write_text(_join(key, PARTS, f"{part}.json"), json.dumps({"files": wanted}, sort_keys=True))
+        return sent
+
+    def finish_parts(self, key: str, parts: list[str]) -> None:
+        """Seal a folder written in `parts`: its manifest is the union of theirs (a file two writers
+        both hold is taken from the first part, as a single writer would have written it), objects
+        no part names are removed, and the marker goes last."""
+        union: dict[str, dict] = {}
+        for part in parts:
+            try:
+                files = json.loads(self.read_text(_join(key, PARTS, f"{part}.json")))["files"]
+            except FileNotFoundError:
+                raise IntegrityError(f"{self.url(key)}: part {part} was never uploaded") from None
+            for rel, meta in files.items():
+                union.setdefault(safe_relative(rel, self.url(key)), meta)
+        for rel in sorted(set(dict(self.list(key))) - set(union)):
+            if not _bookkeeping(rel):
+                self.delete(_join(key, rel))
+        self.write_text(_join(key, MANIFEST), json.dumps({"files": union}, indent=1, sort_keys=True))
+        self.write_text(_join(key, MARKER), "")
+
+    def unmark(self, key: str) -> None:
+        """The folder no longer looks complete (before it is written again)."""
+        if self.exists(_join(key, MARKER)):
+            self.delete(_join(key, MARKER))
+
     def download_dir(self, key: str, local: Path, progress: bool = True, workers: int = 8,
                      require_manifest: bool = False) -> None:
         """Download a folder into `local`: exactly the manifest's files (when it has one), each checked
@@ -230,7 +282,7 @@ class Store(ABC):
             wanted = {rel: meta["size"] for rel, meta in manifest.items()}
         else:
             wanted = {safe_relative(rel, self.url(key)): size for rel, size in objects.items()
-                      if rel not in STORE_FILES}
+                      if not _bookkeeping(rel)}
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{local.name}.", suffix=".partial", dir=local.parent))
         try:
