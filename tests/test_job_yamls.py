@@ -277,6 +277,7 @@ def test_merge_yaml_is_a_valid_skypilot_task():
     raw = yaml.safe_load(text)
     common_utils.validate_schema(raw, schemas.get_task_schema(), "invalid task: ")
     assert raw["resources"]["image_id"] == f"docker:{images_ref.GPU_IMAGE}"  # read before SkyPilot consumes raw
+    run_text = raw["run"]
     with pytest.raises(ValueError, match="RUN"):
         sky.Task.from_yaml(str(path))  # RUN has no default: it must be given
     task = sky.Task.from_yaml_config(raw, env_overrides={"RUN": "s3://b/p/runs/r1"},
@@ -285,6 +286,6 @@ def test_merge_yaml_is_a_valid_skypilot_task():
     assert {str(r.cloud).lower() for r in task.resources} == {"aws", "lambda", "runpod", "vast"}
     for r in task.resources:
         assert r.job_recovery["recover_on_exit_codes"] == [75] and r.job_recovery["max_restarts_on_errors"] == 0
-    assert "python -m trainer merge \"$RUN\" --stage \"$STAGE\"" in raw["run"]
-    assert "accelerate" not in raw["run"]  # one process
+    assert "python -m trainer merge \"$RUN\" --stage \"$STAGE\"" in run_text
+    assert "accelerate" not in run_text  # one process
     assert not task.file_mounts and not task.storage_mounts
