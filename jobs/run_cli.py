@@ -1,6 +1,6 @@
 """Running bundles here: `ft run BUNDLE` (in this process, exactly what the CUDA image runs as
 `python -m trainer run`), `ft run BUNDLE --docker` (in the GPU image on this machine), and `ft demo`,
-the whole flow offline on a CPU with the built-in model."""
+the whole flow offline on a CPU with the built-in model (its steps: jobs/demo.py)."""
 
 from __future__ import annotations
 
