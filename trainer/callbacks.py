@@ -73,6 +73,8 @@ class StoreCheckpointCallback(TrainerCallback):
             self.run.store.finish_parts(key, [f"node-{n}" for n in range(nodes)])
             if faults.active("kill-after-checkpoint") is not None:
                 faults.kill9()
+            if faults.active("hold-after-checkpoint") == str(state.global_step):
+                faults.hold()
             self._prune()
             if self.after_upload:
                 self.after_upload()

@@ -3,6 +3,8 @@ anyone who wants to see a recovery happen on purpose. Each fault fires once per 
 
     kill-after-checkpoint      kill -9 this process right after a checkpoint is complete in the store
     kill-mid-upload            kill -9 it half-way through a checkpoint's upload (no marker yet)
+    hold-after-checkpoint=N    the head node stops (sleeps) once checkpoint N is sealed, so a rehearsal can
+                               kill every node at that exact point (`ft rehearse --preempt`)
     sigterm-at-step=N          send this process SIGTERM as its N-th training step begins (counted over
                                all the stages this process trains)
     sigterm-twice-at-step=N    the same, twice in a row (the second must not wait for the checkpoint)
@@ -40,6 +42,13 @@ def step_begins() -> None:
         at = active(name)
         if at and int(at) == _steps_begun:
             sigterm(times)
+
+
+def hold() -> None:
+    import time
+
+    while True:
+        time.sleep(60)
 
 
 def kill9() -> None:

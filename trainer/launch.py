@@ -36,7 +36,6 @@ from trainer import settings
 
 # Left empty in a YAML's envs/secrets when not used; "" would read as a set-but-empty value.
 OPTIONAL_VARS = ("AWS_ENDPOINT_URL", "FT_STORE", *settings.SECRET_NAMES)
-RENDEZVOUS_PORT = 29500
 STRATEGY_FLAGS = {
     "ddp": ["--multi_gpu"],
     "fsdp": ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD", "--fsdp_auto_wrap_policy",
@@ -125,7 +124,7 @@ def trainer_command(node: Node, trainer_args: list[str], config_dir: Path, preci
     return [sys.executable, "-m", "accelerate.commands.launch", *strategy_flags(config_dir),
             "--mixed_precision", precision,
             "--num_machines", str(node.num_nodes), "--machine_rank", str(node.rank),
-            "--main_process_ip", node.head_ip, "--main_process_port", str(RENDEZVOUS_PORT),
+            "--main_process_ip", node.head_ip, "--main_process_port", str(settings.rendezvous_port()),
             "--num_processes", str(node.processes),
             "-m", "trainer", *trainer_args]
 

@@ -24,6 +24,7 @@ that does not parse is a bad-input error naming the variable, not a traceback.
 | FT_MIXED_PRECISION | auto | `python -m trainer launch`: bf16, fp16, no or auto (bf16 on compute capability 8+) |
 | FT_ACCELERATE_CONFIG | unset | `python -m trainer launch`: base64 accelerate config rendered by `ft launch` |
 | FT_DEEPSPEED_CONFIG | unset | `python -m trainer launch`: base64 DeepSpeed JSON that config points to |
+| FT_RENDEZVOUS_PORT | 29500 | `python -m trainer launch`: the head node's port for accelerate's rendezvous |
 | FT_LAUNCH_DRY_RUN | unset | 1: `python -m trainer launch` prints the commands it would run, runs nothing |
 """
 
@@ -138,6 +139,10 @@ def accelerate_config() -> str | None:
 
 def deepspeed_config() -> str | None:
     return text("FT_DEEPSPEED_CONFIG")
+
+
+def rendezvous_port() -> int:
+    return int(number("FT_RENDEZVOUS_PORT", 29500))
 
 
 def launch_dry_run() -> bool:
