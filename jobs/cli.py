@@ -1,5 +1,5 @@
 """`ft`: the command line. A thin layer: each area registers its commands from plain functions with one
-`register(app)` (`mac.cli`, `mac.mlx_cli`, `jobs.run_cli`, `jobs.eval_cli`, `jobs.cloud_cli`,
+`register(app)` (`mac.cli`, `mac.mlx_cli`, `jobs.run_cli`, `jobs.eval_cli`, `jobs.cloud_cli`, `jobs.rehearse_cli`,
 `images.cli`), and the one error boundary below turns every error a person can act on into one
 masked message and its exit code."""
 
@@ -65,14 +65,14 @@ def _catalog_findings(spec, spec_path):
 
 def _register_all() -> None:
     from images import cli as images_cli
-    from jobs import cloud_cli, eval_cli, run_cli
+    from jobs import cloud_cli, eval_cli, rehearse_cli, run_cli
     from mac import cli as mac_cli
     from mac import mlx_cli, validate_job
 
     spec_app = typer.Typer(help="The job spec.", no_args_is_help=True)
     spec_app.command("schema")(spec_schema)
     app.add_typer(spec_app, name="spec")
-    for module in (mac_cli, mlx_cli, run_cli, eval_cli, cloud_cli, images_cli):
+    for module in (mac_cli, mlx_cli, run_cli, eval_cli, cloud_cli, rehearse_cli, images_cli):
         module.register(app)
     if _catalog_findings not in validate_job.SPEC_CHECKS:  # `ft validate` checks accelerator names too
         validate_job.SPEC_CHECKS.append(_catalog_findings)

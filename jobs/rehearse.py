@@ -208,6 +208,11 @@ def shrunk_spec(spec: Any, spec_dir: Path, model: Path, out: Path, rows: int, no
             if key in stage:
                 stage[key] = small
     raw["distributed"] = {**raw.get("distributed", {}), "num_nodes": nodes, "strategy": "ddp"}
+    if nodes > 1:  # the clouds a multi-node job may go to (jobs.pricing.NO_MULTI_NODE)
+        from jobs.pricing import NO_MULTI_NODE
+
+        clouds = [c for c in raw["resources"]["clouds"] if c not in NO_MULTI_NODE]
+        raw["resources"]["clouds"] = clouds or ["aws"]
     raw["evaluation"] = {**raw["evaluation"], "limit": 2, "max_new_tokens": 8, "lm_eval_tasks": []}
     (out / "job.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return out / "job.yaml"

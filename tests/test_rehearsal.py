@@ -121,3 +121,26 @@ def test_two_nodes_preempted_resume_exactly_and_leak_nothing(pushed_bundle, tmp_
                                                for j in (straight, job) for att in j.attempts for p in att.logs}}
     assert leaked_secrets(texts, PROBE_SECRETS) == []
     assert leaked_secrets({"probe": json.dumps(PROBE_SECRETS)}, PROBE_SECRETS)  # the check can fail
+
+
+@pytest.mark.parametrize("config", ["demo.yaml", "demo_translation.yaml"])
+def test_ft_rehearse_shrinks_the_job_to_a_valid_two_node_spec(config, tmp_path):
+    """`ft rehearse`'s job (ran end to end on configs/demo.yaml with --preempt: every verdict ok in 80 s):
+    the same architecture, a few rows and steps, a multi-node cloud, a bundle that freezes."""
+    from transformers import AutoConfig
+
+    from jobs.rehearse import shrunk_spec, tiny_model
+    from trainer import builtin_model
+
+    spec = load_spec(REPO / "configs" / config)
+    model = tiny_model(spec.model.base, tmp_path / "tiny")
+    shrunk = AutoConfig.from_pretrained(model)
+    assert shrunk.model_type == AutoConfig.from_pretrained(builtin_model.materialize()).model_type
+    assert shrunk.num_hidden_layers == 2 and shrunk.hidden_size == 64
+    small = load_spec(shrunk_spec(spec, REPO / "configs", model, tmp_path / "job", rows=6, nodes=2))
+    assert small.distributed.num_nodes == 2 and set(small.resources.clouds) <= {"aws", "lambda"}
+    assert [s.stage_name for s in small.stages] == [s.stage_name for s in spec.stages]
+    assert all(s.max_steps == 4 and s.save_steps == 2 for s in small.stages)
+    for role in small.data.files():
+        assert len((tmp_path / "job" / "data" / f"{role}.jsonl").read_text().splitlines()) <= 6
+    write_bundle(small, tmp_path / "job", tmp_path / "bundles")
