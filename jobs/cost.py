@@ -398,7 +398,8 @@ def trainer_envs(offers: list, budget_usd: float | None) -> dict[str, str]:
     rows = [{"cloud": o.cloud, "region": o.region, "instance_type": o.instance_type, "accelerator": o.accelerator,
              "count": o.count, "spot": o.spot, "price_per_hour": o.price_per_hour,
              "est_hours": round(o.est_hours, 3) if o.est_hours is not None else None,
-             "est_cost_usd": o.est_cost}
+             "est_cost_usd": o.est_cost, "nodes": o.nodes,
+             "stage_hours": {k: round(v, 4) for k, v in (o.stage_hours or {}).items()}}
             for o in offers if o.price_per_hour is not None]
     return {run_cost.ENV_PRICES: json.dumps(rows, separators=(",", ":")),
             run_cost.ENV_BUDGET: "" if budget_usd is None else f"{budget_usd:g}"}

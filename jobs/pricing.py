@@ -60,6 +60,7 @@ class Offer(BaseModel):
     est_hours: float | None = None  # the whole job on this offer: setup, stages, evaluation
     est_cost: float | None = None  # est_hours × price_per_hour × nodes
     parts: dict[str, float] | None = None  # hours by part (setup, training, generation, evaluation, ...)
+    stage_hours: dict[str, float] | None = None  # training + generation hours of each stage
     other_regions: int = 0  # after grouping: more regions with this (cloud, instance type, spot)
 
     def json_row(self) -> dict:
@@ -68,7 +69,8 @@ class Offer(BaseModel):
                                        "price_per_hour", "nodes", "other_regions"})
         if self.est_hours is not None:
             row.update(est_hours=round(self.est_hours, 3), est_cost_usd=self.est_cost,
-                       parts_hours={k: round(v, 3) for k, v in (self.parts or {}).items()})
+                       parts_hours={k: round(v, 3) for k, v in (self.parts or {}).items()},
+                       stage_hours={k: round(v, 4) for k, v in (self.stage_hours or {}).items()})
         return row
 
 
@@ -266,7 +268,7 @@ def candidates_for_spec(
             est_cache[ekey] = job.on(offer.accelerator, offer.count, nodes, offer.cloud, offer.spot,
                                      offer.instance_type)
         est = est_cache[ekey]
-        offer.nodes, offer.est_hours, offer.parts = nodes, est.hours, est.parts
+        offer.nodes, offer.est_hours, offer.parts, offer.stage_hours = nodes, est.hours, est.parts, est.stages
         if offer.price_per_hour is not None:
             offer.est_cost = round(est.hours * offer.price_per_hour * nodes, 2)
         out.append(offer)

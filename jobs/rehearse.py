@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from trainer import settings
+
 # Values no real credential has: found anywhere in the store or a log, a secret leaked.
 PROBE_SECRETS = {"HF_TOKEN": "hf_rehearsalProbe0000000000000000",
                  "WANDB_API_KEY": "rehearsal0probe0wandb0key0000000000000000",
@@ -81,8 +83,9 @@ class Rehearsal:
             "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "FT_RENDEZVOUS_PORT": str(self.port),
             "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline",  # a W&B key is rehearsed, never sent
         })
-        for name in ("PYTHONPATH", "HF_HOME", "FT_CACHE", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                     "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        # what this machine's store and caches need; a secret set here is passed on unless probed
+        for name in ("PYTHONPATH", "HF_HOME", "FT_CACHE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
+                     *settings.SECRET_NAMES):
             if name in os.environ and name not in self.env and name not in self.secrets:
                 env.setdefault(name, os.environ[name])
         return env

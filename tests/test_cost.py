@@ -197,8 +197,11 @@ def test_every_providers_memory_is_read_right(real_catalog):
 
 
 def test_runpod_appears_for_a_7b_job(real_catalog):
-    """The issue's case: RunPod's L40S spot at $0.26/h beats AWS's at $0.53/h, and now it is listed."""
-    offers = pricing.candidates_for_spec(_spec(), spot="spot")
+    """The issue's case: RunPod's L40S spot at $0.26/h beats AWS's at $0.53/h, and now it is listed.
+    (GRPO generating with transformers: with vLLM beside the trainer a 7B job needs an 80 GB GPU.)"""
+    stages = [{"method": "sft", "max_steps": 100}, {"method": "dpo", "max_steps": 50},
+              {"method": "grpo", "max_steps": 20, "use_vllm": "off"}]
+    offers = pricing.candidates_for_spec(_spec(stages=stages), spot="spot")
     assert offers[0].cloud == "runpod" and offers[0].instance_type == "1x_L40S_SECURE"
     assert any(o.cloud == "aws" for o in offers)
 
@@ -258,7 +261,9 @@ def test_ranking_equals_brute_force_minimum(sky_catalog, spot, method):
 
 
 def test_more_gpus_are_ranked_when_the_job_shards(sky_catalog):
-    spec = _spec("full", distributed={"strategy": "deepspeed_zero2"})
+    stages = [{"method": "sft", "max_steps": 100}, {"method": "dpo", "max_steps": 50},
+              {"method": "grpo", "max_steps": 20, "use_vllm": "off"}]  # vLLM's copy of a full 7B fits no GPU here
+    spec = _spec("full", stages=stages, distributed={"strategy": "deepspeed_zero2"})
     offers = pricing.candidates_for_spec(spec, spot="both")
     assert any(o.count > 1 for o in offers)
     eight = [o for o in offers if o.count == 8]
@@ -305,6 +310,9 @@ def test_gpus_json_rows_carry_the_estimate_and_limit(sky_catalog, tmp_path):
     for r in rows:
         assert {"est_hours", "price_per_hour", "nodes", "est_cost_usd", "other_regions", "parts_hours"} <= set(r)
         assert r["est_cost_usd"] == pytest.approx(r["est_hours"] * r["price_per_hour"] * r["nodes"], abs=0.01)
+        # per stage: training + generation, which the whole job's parts add up the same
+        parts = r["parts_hours"]
+        assert sum(r["stage_hours"].values()) == pytest.approx(parts["training"] + parts["generation"], abs=0.005)
     table = CliRunner().invoke(_app(), ["gpus", str(spec_path)])
     assert table.exit_code == 0, table.output
     assert "cheapest whole job:" in table.output and "est. $ job" in table.output

@@ -218,6 +218,8 @@ def test_cost_section_local_cloud_and_no_estimate() -> None:
     assert "Ran locally: no cloud bill (actual $0)" in local
     assert "about 0.40 h, $0.10 on 1× L40S on runpod 1x_L40S_SECURE (spot, $0.26/h)" in local
     assert "<td>total</td><td>–</td><td>–</td><td>–</td><td>0</td>" in local.replace("0.0<", "0<")
+    assert "<td>sft</td><td>1</td><td>60</td><td>0</td><td>0</td><td>–</td><td>–</td>" in \
+        local.replace("60.0<", "60<").replace("0.0<", "0<")  # no per-stage estimate in this row
 
     cloud_stage = {**local_stage, "attempts_count": 2, "cost_usd": 0.13}
     cloud = "".join(cost_section({"stages": {"sft": cloud_stage, "grpo": {**cloud_stage, "cost_usd": 0.2}},
@@ -232,3 +234,10 @@ def test_cost_section_local_cloud_and_no_estimate() -> None:
                                  ["sft"]))
     assert "No cloud estimate: no cached SkyPilot catalog on this machine." in noted
     assert cost_section({"stages": {}}, []) == []
+    # per stage: the launch row's stage hours × its price × nodes, beside the actual
+    per_stage = {**estimate, "nodes": 2, "stage_hours": {"sft": 0.5, "grpo": 0.25}}
+    staged = "".join(cost_section({"stages": {"sft": cloud_stage, "grpo": {**cloud_stage, "cost_usd": 0.2}},
+                                   "cost": {"estimate": per_stage}}, ["sft", "grpo"]))
+    assert "<td>sft</td><td>2</td><td>60</td><td>0</td><td>0.13</td><td>0.5</td><td>0.26</td>" in \
+        staged.replace("60.0<", "60<").replace("0.0<", "0<")
+    assert "<td>0.25</td><td>0.13</td>" in staged

@@ -128,7 +128,7 @@ def instance_price(instance: Instance | None, prices: list[dict[str, Any]],
 
 
 ESTIMATE_KEYS = ("cloud", "region", "instance_type", "accelerator", "count", "spot", "price_per_hour", "est_hours",
-                 "est_cost_usd")
+                 "est_cost_usd", "nodes", "stage_hours")
 
 
 def launch_estimate(instance: Instance | None, price_per_hour: float | None,

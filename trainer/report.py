@@ -44,6 +44,10 @@ def cost_section(info: dict[str, Any], stages: list[str]) -> list[str]:
     """What the run cost, stage by stage and attempt by attempt, beside what was estimated before it ran.
     A local run costs nothing; the estimate then says what the cheapest fitting cloud offer would have."""
     rows, total, known = [], 0.0, True
+    block = info.get("cost") or {}
+    estimate = block.get("estimate") or {}
+    stage_hours = estimate.get("stage_hours") or {}
+    rate = (estimate.get("price_per_hour") or 0.0) * (estimate.get("nodes") or 1)
     for stage in stages:
         entry = info.get("stages", {}).get(stage)
         if not entry:
@@ -51,17 +55,21 @@ def cost_section(info: dict[str, Any], stages: list[str]) -> list[str]:
         cost = stage_cost(info, entry)
         known = known and cost is not None
         total += cost or 0.0
+        hours = stage_hours.get(stage)
         rows.append([stage, entry.get("attempts_count") or len(entry.get("attempts", [])) or None,
-                     entry.get("seconds_billed") or entry.get("seconds"), entry.get("gpu_hours"), cost])
+                     entry.get("seconds_billed") or entry.get("seconds"), entry.get("gpu_hours"), cost,
+                     hours, round(hours * rate, 4) if hours is not None and rate else None])
     if not rows:
         return []
-    block = info.get("cost") or {}
-    rows.append(["total", None, None, None, round(total, 4) if known else None])
-    parts = ["<h2>Cost</h2>", _table(["stage", "attempts", "billed seconds", "GPU-hours", "actual ($)"], rows)]
+    rows.append(["total", None, None, None, round(total, 4) if known else None, None, None])
+    parts = ["<h2>Cost</h2>", _table(["stage", "attempts", "billed seconds", "GPU-hours", "actual ($)",
+                                      "est. hours", "est. ($)"], rows)]
+    if stage_hours:
+        parts.append("<p>Per-stage estimates are the stage's training and generation on the estimated offer; "
+                     "the job's estimate below adds setup, model loads, evaluation and uploads.</p>")
     where = block.get("instance")
     parts.append(f"<p>Ran on {html.escape(_offer_text(where | {'price_per_hour': block.get('price_per_hour')}))}."
                  "</p>" if where else "<p>Ran locally: no cloud bill (actual $0).</p>")
-    estimate = block.get("estimate")
     if estimate and estimate.get("est_cost_usd") is not None:
         basis = estimate.get("basis") or "the launch's estimate"
         actual = f"; actual ${total:.2f}" if known and where else ""
