@@ -289,3 +289,23 @@ def test_merge_yaml_is_a_valid_skypilot_task():
     assert "python -m trainer merge \"$RUN\" --stage \"$STAGE\"" in run_text
     assert "accelerate" not in run_text  # one process
     assert not task.file_mounts and not task.storage_mounts
+
+
+def test_launching_one_reward_stage_runs_that_stage_only(tmp_path):
+    """`ft launch CONFIG --stage rm` (a reward stage: no YAML of its own) renders jobs/pipeline.yaml with
+    STAGE set, and its run text trains that stage only (it used to run every stage), then evaluates the
+    finished stages that generate and writes the report."""
+    from jobs.launch import build_task_config
+    from trainer.spec import parse_spec
+
+    spec = parse_spec({"name": "x", "model": {"base": "m-7B"},
+                       "data": {"task": "math", "sft_train": "a", "dpo_train": "b", "grpo_train": "c"},
+                       "stages": [{"method": "sft"}, {"name": "rm", "method": "reward"},
+                                  {"method": "grpo", "reward_model": "rm"}]})
+    cfg = build_task_config(spec, ENVS["BUNDLE"], "run-1", [], stage="rm", image="img:1")
+    assert cfg["envs"]["STAGE"] == "rm"
+    env = {k: "" if v is None else str(v) for k, v in cfg["envs"].items()}
+    rc, calls, err = _launch_plan(cfg["run"], env, tmp_path)
+    assert rc == 0, err
+    assert calls == [["python", "-m", "trainer", "run", ENVS["BUNDLE"], "--run-id", "run-1", "--stage", "rm"],
+                     ["python", "-m", "trainer", "eval", ENVS["BUNDLE"], "--run-id", "run-1"]]

@@ -183,5 +183,6 @@ def launch(what: str, bundle: str, stage: str | None = None, run_id: str | None 
     if not node.is_head:
         return 0
     # One process, whatever the GPU count: vLLM or transformers inside use the node's GPUs themselves.
-    return _run([sys.executable, "-m", "trainer", "eval", *common, *(["--stage", stage] if stage else [])],
-                env, exit_code_file)
+    # After training, every finished stage that generates (a reward model does not) and the report.
+    only = ["--stage", stage] if stage and what == "eval" else []
+    return _run([sys.executable, "-m", "trainer", "eval", *common, *only], env, exit_code_file)
