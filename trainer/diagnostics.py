@@ -121,6 +121,8 @@ def eval_below_base(data: ReportData) -> list[Finding]:
         if stage == BASE_STAGE or not isinstance(value, int | float) or sign * (value - base) >= 0:
             continue
         shown = (lambda v: f"{100 * v:.1f}%") if metric == "accuracy" else (lambda v: f"{v:.2f}")
+        if shown(value) == shown(base):  # below only past the digits shown ("0.34 is below 0.34")
+            continue
         out.append(Finding("warning", "eval_below_base", f"{stage}: {metric} {shown(value)} is below the base "
                            f"model's {shown(base)} (n={row.get('n') or '?'}): this stage made the model worse "
                            "on the test set", stage))
