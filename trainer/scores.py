@@ -1,30 +1,25 @@
 """Scoring of model outputs: sacrebleu's BLEU / chrF / TER (with their signatures, so a number can
-be reproduced), COMET when installed, and GSM8K exact match through `trainer.answers` -- the very
-extraction the GRPO correctness reward uses."""
+be reproduced), COMET from its own layer (`trainer.comet_layer`), and GSM8K exact match through
+`trainer.answers` -- the very extraction the GRPO correctness reward uses."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from typing import Any
 
+from trainer import settings
 from trainer.answers import answers_match, extract_answer, gold_answer, parse_number
+from trainer.errors import first_line
 
-COMET_MODEL = "Unbabel/wmt22-comet-da"
-# unbabel-comet is in no extra and not in the image: its newest release (2.2.7) pins
-# huggingface-hub<1 and numpy<2, so beside transformers 5 pip either downgrades transformers to 4.x or
-# backtracks to comet 1.1.3 with torch 1.13 (checked with `pip install --dry-run`). Until a release
-# allows huggingface-hub 1.x, COMET is reported as skipped, with this reason.
-COMET_MISSING = ("unbabel-comet not installed: its releases so far need huggingface-hub<1 and numpy<2, which "
-                 "conflict with transformers 5, so it is in no extra and not in the image; COMET skipped "
-                 "(BLEU, chrF and TER are computed)")
+COMET_SKIPPED = "COMET skipped (BLEU, chrF and TER are computed)"
 
 
 def translation_scores(
     hyps: list[str], refs: list[str], sources: list[str] | None = None, comet: bool = True
 ) -> dict[str, Any]:
     """Corpus BLEU, chrF and TER exactly as sacrebleu computes them (default tokenisation 13a,
-    one reference per segment), each with its signature; COMET when possible, else a note why not."""
+    one reference per segment), each with its signature; COMET (system score, and one score per
+    segment in `comet_segments`) when possible, else a note why not."""
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
     from sacrebleu.metrics import BLEU, CHRF, TER
@@ -34,35 +29,26 @@ def translation_scores(
         score = metric.corpus_score(hyps, [refs])
         out[name] = round(float(score.score), 4)
         out["signatures"][name] = str(metric.get_signature())
-    out["comet"], out["comet_note"] = (None, "not requested") if not comet else _comet(hyps, refs, sources)
+    out["comet"], out["comet_segments"], out["comet_note"] = (
+        (None, None, "not requested") if not comet else _comet(hyps, refs, sources))
     return out
 
 
-def _comet(hyps: list[str], refs: list[str], sources: list[str] | None) -> tuple[float | None, str]:
-    """COMET needs unbabel-comet, the source sentences and its model (downloaded once from the Hub);
-    any of those missing gives None with the reason rather than failing the whole evaluation."""
+def _comet(hyps: list[str], refs: list[str], sources: list[str] | None) -> tuple[float | None, list[float] | None, str]:
+    """COMET needs the source sentences, its layer and its model; any of them missing gives None with the
+    reason (one line, no traceback) rather than failing the whole evaluation. The note names the model."""
     if sources is None:
-        return None, "no source sentences given"
-    if importlib.util.find_spec("comet") is None:
-        return None, COMET_MISSING
+        return None, None, "no source sentences given"
+    from trainer import comet_layer
+
+    name = settings.comet_model()
     try:
-        from comet import download_model, load_from_checkpoint
-
-        model = load_from_checkpoint(download_model(COMET_MODEL))
-        data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs, strict=True)]
-        result = model.predict(data, batch_size=16, gpus=1 if _cuda() else 0, progress_bar=False)
-        return round(float(result.system_score), 4), COMET_MODEL
-    except Exception as e:  # noqa: BLE001 -- offline Hub, missing weights: report, don't crash
-        return None, f"COMET unavailable: {type(e).__name__}: {e}"
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except ImportError:
-        return False
+        system, segments = comet_layer.score(name, sources, hyps, refs)
+    except comet_layer.CometUnavailable as e:
+        return None, None, f"{e}; {COMET_SKIPPED}"
+    except Exception as e:  # noqa: BLE001 -- the layer broken by a newer library: report it, keep the other scores
+        return None, None, f"COMET failed ({name}): {type(e).__name__}: {first_line(e)}; {COMET_SKIPPED}"
+    return round(system, 4), [round(s, 4) for s in segments], name
 
 
 # GSM8K's answer format: a line `#### N` with N a number (what the references end in and the prompt asks for).

@@ -26,11 +26,14 @@ that does not parse is a bad-input error naming the variable, not a traceback.
 | FT_DEEPSPEED_CONFIG | unset | `python -m trainer launch`: base64 DeepSpeed JSON that config points to |
 | FT_RENDEZVOUS_PORT | 29500 | `python -m trainer launch`: the head node's port for accelerate's rendezvous |
 | FT_LAUNCH_DRY_RUN | unset | 1: `python -m trainer launch` prints the commands it would run, runs nothing |
+| FT_COMET_LIB | <venv>/comet-lib | the COMET layer (images/locks/comet.txt, installed apart from the environment) |
+| FT_COMET_MODEL | Unbabel/wmt22-comet-da | the COMET checkpoint (a Hub repo, read from the HF cache when offline) |
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from trainer.errors import BadInput
@@ -152,3 +155,13 @@ def launch_dry_run() -> bool:
 def secrets_present() -> dict[str, str]:
     """The credentials set in this environment (`.env` already loaded), by name."""
     return {name: os.environ[name] for name in SECRET_NAMES if os.environ.get(name)}
+
+
+def comet_lib() -> Path:
+    """Where the COMET layer lives: beside the environment (`make setup` and Dockerfile.gpu put it in
+    `<venv>/comet-lib`), outside its site-packages so `pip check` never sees comet's stale pins."""
+    return Path(text("FT_COMET_LIB") or Path(sys.prefix) / "comet-lib")
+
+
+def comet_model() -> str:
+    return text("FT_COMET_MODEL") or "Unbabel/wmt22-comet-da"
