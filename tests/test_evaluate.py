@@ -69,8 +69,13 @@ def test_evaluate_run_stores_results_and_comparison(run: tuple[Path, Path, str])
     assert [r["stage"] for r in table["rows"]] == ["base", "sft"]
     assert table["metric"] == "accuracy"
     md = (eval_dir / "comparison.md").read_text()
-    assert md.splitlines()[0] == "| Stage | GSM8K accuracy | n | source |"
-    assert "| sft | " in md
+    header = md.splitlines()[0]
+    assert header.startswith("| Stage | GSM8K accuracy | #### format | format reward |")
+    assert header.endswith(" n | source |")
+    # the learning signals beside the accuracy, as stored for the stage
+    cells = [f"{100 * stored['accuracy']:.1f}%", f"{100 * stored['format_rate']:.1f}%",
+             f"{stored['format_reward']:.3f}"]
+    assert f"| sft | {' | '.join(cells)} |" in md
 
 
 def test_a_cut_evaluation_is_stored_apart_and_never_replaces_the_full_one(run: tuple[Path, Path, str]) -> None:
@@ -96,7 +101,9 @@ def test_evaluate_run_errors_name_the_stage(run: tuple[Path, Path, str]) -> None
 def test_comparison_markdown_translation() -> None:
     table = {"task": "translation", "rows": [
         {"stage": "base", "bleu": 18.2, "chrf": 45.0, "ter": 70.1, "comet": None, "n": 100, "source": "ft eval"}]}
-    assert "| base | 18.20 | 45.00 | 70.10 | – | 100 | ft eval |" in evaluate.comparison_markdown(table)
+    md = evaluate.comparison_markdown(table)
+    assert md.splitlines()[0] == "| Stage | BLEU | chrF | TER | COMET | n | source |"
+    assert "| base | 18.20 | 45.00 | 70.10 | – | 100 | ft eval |" in md
 
 
 @pytest.mark.integration

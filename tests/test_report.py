@@ -157,7 +157,10 @@ def test_every_section_holds_the_runs_own_numbers(report: tuple[Path, str, Path]
     evaluation = html[html.index('id="evaluation"'):html.index('id="samples"')]
     for stage in ("base", *STAGES):
         result = json.loads((store / "runs" / run_id / "eval" / f"{stage}.json").read_text())
-        assert f"<td>{stage}</td><td>{100 * result['accuracy']:.1f}%</td><td>{result['n']}</td>" in evaluation
+        v = result.get("eval_loss")  # three decimals, two from 10 up (a random tiny model's loss)
+        loss = "" if v is None else f"<td>{v:.3f}</td>" if v < 10 else f"<td>{v:.2f}</td>"
+        assert (f"<td>{stage}</td><td>{100 * result['accuracy']:.1f}%</td><td>{100 * result['format_rate']:.1f}%</td>"
+                f"<td>{result['format_reward']:.3f}</td>{loss}<td>{result['n']}</td>") in evaluation
     # sample generations: the same first prompts, one row per stage, marked as the evaluation scored them
     samples = html[html.index('id="samples"'):html.index('id="training"')]
     test_rows = [json.loads(line) for line in (store.parent / "job/data/gsm8k_test.jsonl").read_text().splitlines()]

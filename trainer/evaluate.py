@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from trainer import scores
+from trainer import metric_names, scores
 from trainer.errors import BadInput
 from trainer.generation import Backend, pick_backend
 from trainer.run import BASE_STAGE, PROTOTYPE_STAGE, Run, is_adapter
@@ -249,22 +249,11 @@ def comparison(run: Run) -> dict[str, Any]:
 
 def comparison_markdown(table: dict[str, Any]) -> str:
     """The guide's "expected results" table, with this run's numbers."""
-    if table["task"] == "gsm8k":
-        header, cols = "| Stage | GSM8K accuracy | n | source |\n|---|---|---|---|", ["accuracy"]
-    else:
-        header = "| Stage | BLEU | chrF | TER | COMET | n | source |\n|---|---|---|---|---|---|---|"
-        cols = ["bleu", "chrf", "ter", "comet"]
-    lines = [header]
+    columns = metric_names.eval_columns(table["task"], table["rows"])
+    lines = ["| Stage | " + " | ".join(label for _, label, _, _ in columns) + " | n | source |",
+             "|---|" + "---|" * len(columns) + "---|---|"]
     for row in table["rows"]:
-        cells = []
-        for c in cols:
-            v = row.get(c)
-            if v is None:
-                cells.append("–")
-            elif c == "accuracy":
-                cells.append(f"{100 * v:.1f}%")
-            else:
-                cells.append(f"{v:.2f}")
+        cells = [metric_names.eval_cell(row.get(key), percent) for key, _, percent, _ in columns]
         lines.append(f"| {row['stage']} | " + " | ".join(cells) + f" | {row.get('n') or '–'} | {row['source']} |")
     return "\n".join(lines) + "\n"
 

@@ -88,3 +88,30 @@ def series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     """(step, value) for every row that has a number under `key`."""
     return [(int(r.get(STEP, 0)), float(r[key])) for r in rows
             if isinstance(r.get(key), int | float) and not isinstance(r.get(key), bool)]
+
+
+# The columns of the evaluation comparison (`eval/comparison.json` rows, from `scores.headline`), per
+# task: (key, label, shown as a percentage, lower is better). Accuracy barely moves on a small model
+# after minutes of training; the format share, the format reward and the eval loss show the learning.
+EVAL_COLUMNS: dict[str, list[tuple[str, str, bool, bool]]] = {
+    "gsm8k": [("accuracy", "GSM8K accuracy", True, False), ("format_rate", "#### format", True, False),
+              ("format_reward", "format reward", False, False), (EVAL_LOSS, "eval loss", False, True)],
+    "translation": [("bleu", "BLEU", False, False), ("chrf", "chrF", False, False), ("ter", "TER", False, True),
+                    ("comet", "COMET", False, False), (EVAL_LOSS, "eval loss", False, True)],
+}
+
+
+def eval_columns(task: str, rows: list[dict[str, Any]] | None = None) -> list[tuple[str, str, bool, bool]]:
+    """The task's comparison columns; given rows, the eval loss only when some row measured it (the
+    task's scores always, `–` where missing: COMET without its model)."""
+    columns = EVAL_COLUMNS["gsm8k" if task == "gsm8k" else "translation"]
+    if rows is None:
+        return columns
+    return [c for c in columns if c[0] != EVAL_LOSS or any(isinstance(r.get(EVAL_LOSS), int | float) for r in rows)]
+
+
+def eval_cell(value: Any, percent: bool) -> str:
+    """One comparison cell as the tables print it: `38.0%`, `1.214`, or `–`."""
+    if not isinstance(value, int | float):
+        return "–"
+    return f"{100 * value:.1f}%" if percent else f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"

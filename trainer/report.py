@@ -18,6 +18,7 @@ import base64
 import html
 from typing import Any
 
+from trainer import metric_names as m
 from trainer.diagnostics import RULES, Finding, diagnose
 from trainer.report_data import ReportData, gather, stage_cost, stage_summary
 from trainer.report_plots import Figure, plots
@@ -110,10 +111,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _pct(value: float | None) -> str | None:
-    return None if value is None else f"{100 * value:.1f}%"
-
-
 def _h2(title: str, anchor: str) -> str:
     return f'<h2 id="{anchor}">{html.escape(title)}</h2>'
 
@@ -182,11 +179,11 @@ def _evaluation_section(data: ReportData, figures: list[Figure]) -> list[str]:
     table = data.comparison
     if not (table and table.get("rows")):
         return [_h2("Evaluation", "evaluation"), "<p>Not evaluated yet (<code>ft eval</code>).</p>"]
-    cols = ["accuracy"] if table["task"] == "gsm8k" else ["bleu", "chrf", "ter", "comet"]
-    rows = [[r["stage"], *[_pct(r.get(c)) if c == "accuracy" else r.get(c) for c in cols], r.get("n"),
+    columns = m.eval_columns(table["task"], table["rows"])
+    rows = [[r["stage"], *[m.eval_cell(r.get(key), percent) for key, _, percent, _ in columns], r.get("n"),
              r.get("source")] for r in table["rows"]]
-    return [_h2("Evaluation", "evaluation"), _table(["stage", *cols, "n", "source"], rows),
-            *_figures(figures, "Evaluation")]
+    header = ["stage", *[label + (" ↓" if lower else "") for _, label, _, lower in columns], "n", "source"]
+    return [_h2("Evaluation", "evaluation"), _table(header, rows), *_figures(figures, "Evaluation")]
 
 
 def _prompt_text(data: ReportData, index: int) -> str:

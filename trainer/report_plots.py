@@ -133,30 +133,34 @@ def grpo_figures(plt: Any, data: ReportData) -> list[Figure]:
 
 
 def evaluation_figure(plt: Any, data: ReportData) -> list[Figure]:
+    """One panel per comparison column with numbers (accuracy, format share, eval loss, ...), stages side
+    by side, each bar labelled with its value."""
     table = data.comparison or {}
     rows = table.get("rows") or []
-    metrics = ["accuracy"] if table.get("task") == "gsm8k" else ["bleu", "chrf", "ter"]
-    metrics = [k for k in metrics if any(isinstance(r.get(k), int | float) for r in rows)]
-    if not metrics:
+    columns = [c for c in m.eval_columns(table.get("task", ""), rows)
+               if any(isinstance(r.get(c[0]), int | float) for r in rows)]
+    if not columns:
         return []
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    width = 0.8 / len(metrics)
-    for j, key in enumerate(metrics):
-        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(rows))]
-        ys = [(100 * r[key] if key == "accuracy" else r[key]) if isinstance(r.get(key), int | float) else 0.0
-              for r in rows]
-        bars = ax.bar(xs, ys, width=width, color=f"C{j}", label=key.upper() if key != "accuracy" else None)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(range(len(rows)), [r["stage"] for r in rows])
-    if metrics == ["accuracy"]:
-        ax.set_ylabel("GSM8K accuracy (%)")
-        ax.set_ylim(0, 100)
-    else:
-        ax.set_ylabel("score")
-        ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return [Figure("Evaluation across stages", _png(fig), "The same test items for every stage, greedy decoding "
-                   "(TER: lower is better).", "Evaluation")]
+    fig, axes = plt.subplots(1, len(columns), figsize=(min(3.4 * len(columns), 13), 3.2), squeeze=False)
+    for ax, (key, label, percent, lower) in zip(axes[0], columns, strict=True):
+        ys = [(100 * r[key] if percent else r[key]) if isinstance(r.get(key), int | float) else 0.0 for r in rows]
+        bars = ax.bar(range(len(rows)), ys, color=[f"C{i}" for i in range(len(rows))])
+        ax.bar_label(bars, fmt="%.1f" if percent or max(ys, default=0) >= 10 else "%.3f", fontsize=7)
+        ax.set_xticks(range(len(rows)), [r["stage"] for r in rows], rotation=30, fontsize=8)
+        ax.set_title(label + (" (%)" if percent else "") + (" ↓" if lower else ""), fontsize=9)
+        if percent:
+            ax.set_ylim(0, 100)
+        elif lower and ys:  # a loss: show the differences between stages, not the distance from 0
+            low, high = min(ys), max(ys)
+            ax.set_ylim(low - 0.6 * (high - low or 0.1), high + 0.4 * (high - low or 0.1))
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    lowered = [label for _, label, _, lower in columns if lower]
+    caption = "The same test items for every stage, greedy decoding"
+    if any(key == m.EVAL_LOSS for key, *_ in columns):
+        caption += "; eval loss on the validation split"
+    caption += f" ({', '.join(lowered)}: lower is better)." if lowered else "."
+    return [Figure("Evaluation across stages", _png(fig), caption, "Evaluation")]
 
 
 def token_length_figure(plt: Any, data: ReportData) -> list[Figure]:

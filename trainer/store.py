@@ -201,17 +201,7 @@ class Store(ABC):
         total = sum(p.stat().st_size for _, p in files)
         with _progress(progress) as bar:
             task = bar.add_task(f"upload → {self.url(key)}", total=total)
-
-            def one(item: tuple[str, Path]) -> bool:
-                rel, path = item
-                changed = self.upload_file(path, _join(key, rel), digests[rel])
-                bar.advance(task, path.stat().st_size)
-                if on_file:
-                    on_file(rel)
-                return changed
-
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                sent = sum(pool.map(one, files))
+            sent = self._send(files, key, digests, workers, on_file, lambda size: bar.advance(task, size))
         for rel in sorted(set(remote) - set(wanted) - STORE_FILES):
             self.delete(_join(key, rel))
         if mark_complete:
@@ -219,22 +209,28 @@ class Store(ABC):
             self.write_text(_join(key, MARKER), "")
         return sent
 
+    def _send(self, files: list[tuple[str, Path]], key: str, digests: dict[str, str], workers: int,
+              on_file: Callable[[str], None] | None, advance: Callable[[int], None] | None = None) -> int:
+        """Send `files` under `key` in parallel (identical objects skipped); the number sent."""
+        def one(item: tuple[str, Path]) -> bool:
+            rel, path = item
+            changed = self.upload_file(path, _join(key, rel), digests[rel])
+            if advance:
+                advance(path.stat().st_size)
+            if on_file:
+                on_file(rel)
+            return changed
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return sum(pool.map(one, files))
+
     def upload_part(self, local: Path, key: str, part: str, workers: int = 8,
                     on_file: Callable[[str], None] | None = None) -> int:
         """One writer's share of a folder: its files, then its part manifest. The folder is complete
         only after `finish_parts`. Returns the number of files sent."""
         files = [(rel, p) for rel, p in _local_files(Path(local)) if not _bookkeeping(rel)]
         digests = {rel: sha256_file(p) for rel, p in files}
-
-        def one(item: tuple[str, Path]) -> bool:
-            rel, path = item
-            changed = self.upload_file(path, _join(key, rel), digests[rel])
-            if on_file:
-                on_file(rel)
-            return changed
-
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            sent = sum(pool.map(one, files))
+        sent = self._send(files, key, digests, workers, on_file)
         wanted = {rel: {"sha256": digests[rel], "size": p.stat().st_size} for rel, p in files}
         self.write_text(_join(key, PARTS, f"{part}.json"), json.dumps({"files": wanted}, sort_keys=True))
         return sent
