@@ -22,8 +22,14 @@ from trainer import scores, settings
 REPO = Path(__file__).resolve().parent.parent
 REFS = Path(f"{KO_EN}.en").read_text(encoding="utf-8").splitlines()[:20]
 LOCK = REPO / "images" / "locks" / "comet.txt"
-needs_layer = pytest.mark.skipif(not (settings.comet_lib() / "comet").is_dir(),
-                                 reason=f"COMET layer not installed at {settings.comet_lib()} (make setup)")
+# `make test` installs the layer first, so a missing one is a failed setup, not a reason to skip.
+needs_layer = pytest.mark.usefixtures("comet_layer_installed")
+
+
+@pytest.fixture(scope="module")
+def comet_layer_installed() -> None:
+    if not (settings.comet_lib() / "comet").is_dir():
+        pytest.fail(f"COMET layer not installed at {settings.comet_lib()}: run `make setup`")
 
 
 @pytest.fixture(scope="module")
