@@ -546,9 +546,9 @@ def print_summary(demo: Demo) -> None:
 
 def _what_it_shows(task: str) -> str:
     if task == "math":
-        return ("A 135M model after minutes on a CPU does not solve GSM8K: watch the eval loss and the #### format\n"
+        return ("A 135M model after minutes on a CPU does not solve GSM8K: watch the eval loss and the #### format "
                 "share move, not the accuracy.")
-    return ("A 135M English model after minutes on a CPU does not translate Korean: watch the eval loss and\n"
+    return ("A 135M English model after minutes on a CPU does not translate Korean: watch the eval loss and "
             "chrF move, not BLEU.")
 
 
