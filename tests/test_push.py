@@ -50,7 +50,7 @@ def test_push_dry_run_adapter_folder_and_card(run: tuple[Path, Path, str], tmp_p
     assert card.data.pipeline_tag == "text-generation"
     assert "lora" in card.data.tags and "sft" in card.data.tags and "dpo" in card.data.tags
     assert card.data.base_model == "me/tiny-base" and "me/tiny-base" in card.text
-    assert "| Stage | GSM8K accuracy | n | source |" in card.text and "| sft | " in card.text
+    assert "| Stage | GSM8K accuracy | #### format | format reward |" in card.text and "| sft | " in card.text
     assert f"run `{run_id}`" in card.text
     assert yaml.safe_load((out / "ft_spec.yaml").read_text())["name"] == "eval-test"
     assert json.loads((out / "eval_comparison.json").read_text())["rows"][0]["stage"] == "sft"
