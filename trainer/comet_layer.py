@@ -12,6 +12,7 @@ fetch, checked before comet is imported so an evaluation without COMET pays noth
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import warnings
@@ -84,17 +85,9 @@ def require_encoder(name: str, ckpt: Path) -> None:
 def score(name: str, sources: list[str], hyps: list[str], refs: list[str],
           batch_size: int = 16) -> tuple[float, list[float]]:
     """(system score, one score per segment) of COMET model `name`, as comet's own `predict` computes them."""
-    lib = layer()
-    ckpt = checkpoint(name)
-    require_encoder(name, ckpt)
-    comet = import_comet(lib)
     from trainer.models import has_cuda
 
-    try:
-        model = comet.load_from_checkpoint(str(ckpt), local_files_only=settings.offline())
-    except OSError as e:  # transformers could not find the encoder's config or tokenizer
-        raise CometUnavailable(f"COMET model {name} did not load: {first_line(e)}") from None
-    _fit_tokenizer(model)
+    model = _load(name)
     data = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hyps, refs, strict=True)]
     with warnings.catch_warnings():  # Lightning's own deprecation chatter about torch, nothing about COMET
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -103,6 +96,22 @@ def score(name: str, sources: list[str], hyps: list[str], refs: list[str],
         result = model.predict(data, batch_size=batch_size, gpus=1 if has_cuda() else 0, progress_bar=False,
                                num_workers=0)
     return float(result.system_score), [float(s) for s in result.scores]
+
+
+@functools.lru_cache(maxsize=1)
+def _load(name: str) -> Any:
+    """COMET model `name`, loaded once per process: an evaluation scores every stage with the same model
+    (2.3 GB for wmt22-comet-da). A failure is not cached, so a later call tries again."""
+    lib = layer()
+    ckpt = checkpoint(name)
+    require_encoder(name, ckpt)
+    comet = import_comet(lib)
+    try:
+        model = comet.load_from_checkpoint(str(ckpt), local_files_only=settings.offline())
+    except OSError as e:  # transformers could not find the encoder's config or tokenizer
+        raise CometUnavailable(f"COMET model {name} did not load: {first_line(e)}") from None
+    _fit_tokenizer(model)
+    return model
 
 
 def import_comet(lib: Path) -> Any:

@@ -150,7 +150,7 @@ def evaluation_figure(plt: Any, data: ReportData) -> list[Figure]:
         ax.set_title(label + (" (%)" if percent else "") + (" ↓" if lower else ""), fontsize=9)
         if percent:
             ax.set_ylim(0, 100)
-        elif lower and ys:  # a loss: show the differences between stages, not the distance from 0
+        elif lower and ys:  # eval loss, TER: show the differences between stages, not the distance from 0
             low, high = min(ys), max(ys)
             ax.set_ylim(low - 0.6 * (high - low or 0.1), high + 0.4 * (high - low or 0.1))
         ax.grid(axis="y", alpha=0.3)
