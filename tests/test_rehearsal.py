@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from resume_check import assert_same_weights
 from spec_texts import math_spec
 
 from jobs.rehearse import PROBE_SECRETS, Rehearsal, leaked_secrets, store_texts
@@ -79,8 +80,6 @@ def _finals(run: Run, tmp: Path) -> dict:
 
 
 def test_two_nodes_preempted_resume_exactly_and_leak_nothing(pushed_bundle, tmp_path, monkeypatch):
-    import torch
-
     bundle_uri, endpoint = pushed_bundle
     for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                  "AWS_DEFAULT_REGION": "us-east-1"}.items():
@@ -113,9 +112,7 @@ def test_two_nodes_preempted_resume_exactly_and_leak_nothing(pushed_bundle, tmp_
         assert store.exists(run.report)
     a, b = _finals(straight_run, tmp_path / "finals"), _finals(preempted_run, tmp_path / "finals")
     for stage in STEPS:
-        assert a[stage].keys() == b[stage].keys()
-        for key in a[stage]:
-            assert torch.equal(a[stage][key], b[stage][key]), f"{stage} {key}"
+        assert_same_weights(a[stage], b[stage], stage)
 
     texts = {**store_texts(store, "runs"), **{str(p): p.read_text(errors="replace")
                                                for j in (straight, job) for att in j.attempts for p in att.logs}}
