@@ -150,7 +150,7 @@ def test_every_recipe_trains_and_its_output_loads_with_peft(uninterrupted, trans
             if before.exists():
                 last_step = max_change(load_file(before / "adapter_model.safetensors"),
                                        final_weights(store, "straight", stage))
-                assert min(last_step.values()) > 100 * RESUME_ATOL, (stage, min(last_step.values()))
+                assert min(last_step.values()) > 5 * RESUME_ATOL, (stage, min(last_step.values()))
             if stage == "grpo":
                 assert all("reward_mean" in m and "reward_std" in m for m in train_logs)
                 # the rewards differ between completions, so GRPO has gradients: its resume is a real check
