@@ -80,13 +80,15 @@ def chat_text(tokenizer: Any, messages: Messages) -> str:
 def load_model(base: str, model_dir: Path | None = None, dtype: str = "auto") -> tuple[Any, Any]:
     """(model, tokenizer) for transformers generation: `base`, with a stage's adapter or full weights
     from `model_dir`; the tokenizer the stage was trained with when its folder carries one. A LoRA
-    adapter is merged into the weights first (in memory): the same function, and ~30% less time per
-    token on a CPU, where the adapter's extra small matmuls at every linear layer cost as much as the
-    layer itself (inference loads the base unquantized, so the merge rounds nothing away)."""
+    adapter is merged into the weights first, in memory, as `ft merge` does: the same function without
+    two extra matmuls at every linear layer (8 GSM8K prompts x 128 greedy tokens on SmolLM2-135M with an
+    all-linear r=8 adapter, CPU: 18.7 s unmerged, 12.9 s merged). In fp32 on a CPU the merged weights
+    differ from base + delta by fp32 rounding only; on a GPU the merge is in the load dtype (bf16/fp16)."""
     from trainer.models import load_model_for_inference, load_tokenizer
+    from trainer.run import is_adapter
 
     model = load_model_for_inference(base, model_dir, dtype=dtype)
-    if hasattr(model, "merge_and_unload"):
+    if model_dir is not None and is_adapter(model_dir):
         model = model.merge_and_unload()
     has_tokenizer = model_dir is not None and (Path(model_dir) / "tokenizer_config.json").exists()
     return model, load_tokenizer(str(model_dir) if has_tokenizer else base)
