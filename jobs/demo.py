@@ -131,10 +131,31 @@ def step_data(demo: Demo) -> str:
     return f"{counts} → {prep.out_dir}/"
 
 
+def _convert_builtin_model(demo: Demo) -> None:
+    """Once per machine, before validate (which reads the tokenizer the trainer runs): the built-in model
+    from GGUF to a safetensors folder, its tqdm bars (the GGUF reader's, the shard writer's) under one
+    status line. A spec that does not load is left to validate to report."""
+    from trainer import builtin_model
+    from trainer.spec import load_spec
+
+    try:
+        base = load_spec(demo.task.config, demo.overrides).model.base
+    except Exception:  # noqa: BLE001 - validate reports it, with file and field
+        return
+    if not builtin_model.is_builtin(base) or builtin_model.converted():
+        return
+    with demo.console.status(f"converting {base} (GGUF → safetensors, once per machine)"), quiet_hf(demo), \
+            contextlib.redirect_stderr(io.StringIO()):
+        folder = builtin_model.materialize()
+    demo.console.print(f"  converted {base} for transformers → {folder}", highlight=False)
+
+
 def step_validate(demo: Demo) -> str:
     from mac.validate_job import validate_job
 
-    report = validate_job(demo.task.config, overrides=demo.overrides)
+    _convert_builtin_model(demo)
+    with demo.console.status(f"ft validate {demo.task.config}"), quiet_hf(demo):
+        report = validate_job(demo.task.config, overrides=demo.overrides)
     demo.report = report
     if report.errors or report.spec is None:
         from mac.freeze import FreezeRefused

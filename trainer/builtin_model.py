@@ -95,6 +95,11 @@ def _converted(folder: Path) -> bool:
     return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
 
 
+def converted() -> bool:
+    """Whether this machine already holds the converted folder (`materialize` is then instant)."""
+    return _converted(model_dir())
+
+
 def materialize() -> Path:
     """The built-in model as a safetensors folder (fp32, tokenizer included): converted on first use,
     written into a private temporary folder and renamed into place, so concurrent first uses (test
