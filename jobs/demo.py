@@ -14,7 +14,6 @@ Face / TRL / datasets bars are silenced while it runs, see `quiet_hf`).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import logging
@@ -516,20 +515,16 @@ def summary_rows(run: Run, comparison: dict[str, Any], prototype: dict[str, Any]
         if task == "gsm8k":
             out |= {"#### format": _fmt(row.get("format_rate"), "{:.0%}"),
                     "format reward": _fmt(row.get("format_reward"), "{:.2f}"),
-                    "accuracy": f"{_fmt(row.get('accuracy'), '{:.1%}')} (n={row.get('n') or '–'})"}
+                    "accuracy": _fmt(row.get("accuracy"), "{:.1%}")}
         else:
             out |= {"BLEU": _fmt(row.get("bleu"), "{:.2f}"), "chrF": _fmt(row.get("chrf"), "{:.2f}"),
-                    "TER": _fmt(row.get("ter"), "{:.2f}") + f" (n={row.get('n') or '–'})"}
-        rows.append(out)
+                    "TER": _fmt(row.get("ter"), "{:.2f}")}
+        rows.append(out | {"n": str(row.get("n") or "–")})
     return rows
 
 
 def diagnostics_lines(run: Run) -> list[str]:
     """The findings of trainer.diagnostics (the report shows the same at its top), one line each."""
-    # DIAGNOSTICS CALL SITE: trainer.diagnostics is written by the report's side of issue 15; the demo
-    # summary prints its findings once it is there, and nothing (not an error) before.
-    if importlib.util.find_spec("trainer.diagnostics") is None:
-        return []
     from trainer.diagnostics import diagnose
 
     return [str(f) for f in diagnose(run)]
@@ -542,7 +537,7 @@ def print_summary(demo: Demo) -> None:
     rows = summary_rows(run, demo.comparison, prototype)
     table = Table(title=f"demo ({demo.task.name}) run {run.run_id}", title_justify="left")
     for i, col in enumerate(rows[0] if rows else ["stage"]):
-        table.add_column(col, justify="left" if i == 0 else "right")
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)  # "prototype" stays whole
     for row in rows:
         table.add_row(*row.values())
     demo.console.print(table)

@@ -95,7 +95,7 @@ def test_the_summary_reads_the_real_run(finished: tuple[Demo, str]) -> None:
     assert rows["base"]["steps"] == "–" and rows["prototype"]["steps"] == "2" and rows["sft"]["steps"] == "2"
     assert "→" in rows["sft"]["train loss"] and rows["grpo"]["train loss"] == "–"
     assert rows["grpo"]["train reward"] != "–" and rows["dpo"]["train reward"] == "–"
-    assert all(r["accuracy"].endswith("(n=2)") and r["eval loss"] != "–" for r in rows.values())
+    assert all(r["n"] == "2" and r["accuracy"].endswith("%") and r["eval loss"] != "–" for r in rows.values())
     assert f"demo (math) run {demo.run.run_id}" in text and "took" in text
 
 
@@ -130,3 +130,24 @@ def test_an_unknown_task_is_bad_input() -> None:
 
     with pytest.raises(BadInput, match="--task 'poetry': choose math or translation"):
         demo_module.task_named("poetry")
+
+
+def test_a_fresh_machine_converts_the_builtin_model_under_one_status_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    """First use of the built-in model on a machine (an empty FT_CACHE): validate converts it from GGUF,
+    and the GGUF reader's and the shard writer's tqdm bars stay off the terminal."""
+    from trainer import builtin_model
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("FT_CACHE", str(tmp_path / "cache"))
+    assert not builtin_model.converted()
+    out = io.StringIO()
+    demo = Demo(TASKS["math"], str(tmp_path / "store"), console=Console(file=out, width=160))
+    demo_module.step_data(demo)
+    line = demo_module.step_validate(demo)
+    assert builtin_model.converted() and "0 errors" in line
+    text = out.getvalue()
+    assert f"converted builtin:smollm2-135m for transformers → {builtin_model.model_dir()}" in text
+    leaked = capfd.readouterr()
+    for stream in (text, leaked.out, leaked.err):
+        assert "it/s]" not in stream and "GGUF tensors" not in stream and "Writing model shards" not in stream
