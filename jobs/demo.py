@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -483,7 +484,7 @@ def _first_last(values: list[float], fmt: str = "{:.3f}") -> str:
     if len(values) == 1:
         return fmt.format(values[0])
     k = max(1, min(3, len(values) // 2))  # the two windows never overlap
-    return f"{fmt.format(sum(values[:k]) / k)} → {fmt.format(sum(values[-k:]) / k)}"
+    return f"{fmt.format(sum(values[:k]) / k)}→{fmt.format(sum(values[-k:]) / k)}"
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -535,9 +536,12 @@ def print_summary(demo: Demo) -> None:
     assert run is not None
     prototype = run.bundle.prototype_metrics if run.bundle.prototype_adapter is not None else None
     rows = summary_rows(run, demo.comparison, prototype)
-    table = Table(title=f"demo ({demo.task.name}) run {run.run_id}", title_justify="left")
+    # no column rules: the table fits an 80-column terminal without wrapping a row
+    table = Table(title=f"demo ({demo.task.name}) run {run.run_id}", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, padding=(0, 0, 0, 1))
     for i, col in enumerate(rows[0] if rows else ["stage"]):
-        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=i == 0)  # "prototype" stays whole
+        # one word a line in the header, so a value never wraps or gets cut
+        table.add_column(col.replace(" ", "\n"), justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row.values())
     demo.console.print(table)
