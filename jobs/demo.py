@@ -478,13 +478,10 @@ def _has_accelerator() -> bool:
 
 # --------------------------------------------------------------------------------- the summary
 def _first_last(values: list[float], fmt: str = "{:.3f}") -> str:
-    """Mean of the first and of the last three values: single steps are too noisy to compare."""
-    if not values:
+    ends = m.first_last(values)
+    if ends is None:
         return "–"
-    if len(values) == 1:
-        return fmt.format(values[0])
-    k = max(1, min(3, len(values) // 2))  # the two windows never overlap
-    return f"{fmt.format(sum(values[:k]) / k)}→{fmt.format(sum(values[-k:]) / k)}"
+    return fmt.format(ends[0]) if len(values) == 1 else f"{fmt.format(ends[0])}→{fmt.format(ends[1])}"
 
 
 def _fmt(value: Any, fmt: str) -> str:

@@ -143,16 +143,18 @@ def test_every_section_holds_the_runs_own_numbers(report: tuple[Path, str, Path]
     # the run: bundle id and the versions the trainer recorded at run start
     assert run.info["bundle_id"] in html
     assert all(f"{name} {version(name)}" in html for name in ("torch", "transformers", "trl", "peft"))
-    # the stages' numbers, first logged value → last, straight from metrics.jsonl
+    # the stages' numbers, start → end (the mean of up to three logged steps at each end), from metrics.jsonl
+    def ends(values: list[float]) -> str:
+        k = max(1, min(3, len(values) // 2))
+        return f"{_fmt(sum(values[:k]) / k)} → {_fmt(sum(values[-k:]) / k)}"
+
     for stage in STAGES:
         rows = _metrics(store, run_id, stage)
-        losses = [r[m.LOSS] for r in m.training_rows(rows)]
-        assert f"{_fmt(losses[0])} → {_fmt(losses[-1])}" in html
-        evals = [r[m.EVAL_LOSS] for r in m.eval_rows(rows)]
+        assert ends([r[m.LOSS] for r in m.training_rows(rows)]) in html
         if stage != "grpo":
-            assert f"{_fmt(evals[0])} → {_fmt(evals[-1])}" in html
+            assert ends([r[m.EVAL_LOSS] for r in m.eval_rows(rows)]) in html
     margins = [r[m.DPO_MARGINS] for r in m.training_rows(_metrics(store, run_id, "dpo"))]
-    assert f"margin {_fmt(margins[0])} → {_fmt(margins[-1])}" in html
+    assert f"margin {ends(margins)}" in html
     # evaluation: every stage's stored accuracy, base first
     evaluation = html[html.index('id="evaluation"'):html.index('id="samples"')]
     for stage in ("base", *STAGES):
@@ -244,3 +246,16 @@ def test_cost_section_local_cloud_and_no_estimate() -> None:
     assert "<td>sft</td><td>2</td><td>60</td><td>0</td><td>0.13</td><td>0.5</td><td>0.26</td>" in \
         staged.replace("60.0<", "60<").replace("0.0<", "0<")
     assert "<td>0.25</td><td>0.13</td>" in staged
+
+
+def test_first_last_averages_non_overlapping_windows_of_up_to_three() -> None:
+    """Every length up to 9: the two windows hold min(3, n // 2) values (at least one), never the same step."""
+    from trainer import metric_names as m
+
+    assert m.first_last([]) is None
+    for n in range(1, 10):
+        values = [float(10 ** i) for i in range(n)]  # each value is its own digit: the sums say which were read
+        first, last = m.first_last(values)
+        k = max(1, min(3, n // 2))
+        assert first == sum(values[:k]) / k and last == sum(values[-k:]) / k
+        assert n == 1 or k <= n - k

@@ -90,6 +90,20 @@ def series(rows: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
             if isinstance(r.get(key), int | float) and not isinstance(r.get(key), bool)]
 
 
+# A curve's start and end as the summaries print them: the mean of up to three values at each end,
+# since one step of a few-step CPU run is too noisy to compare (a loss can rise on one batch).
+EDGE_WINDOW = 3
+
+
+def first_last(values: list[float]) -> tuple[float, float] | None:
+    """(mean of the first values, mean of the last), windows of up to EDGE_WINDOW that never overlap;
+    a single value is both; None for none."""
+    if not values:
+        return None
+    k = max(1, min(EDGE_WINDOW, len(values) // 2))
+    return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
 # The columns of the evaluation comparison (`eval/comparison.json` rows, from `scores.headline`), per
 # task: (key, label, shown as a percentage, lower is better). Accuracy barely moves on a small model
 # after minutes of training; the format share, the format reward and the eval loss show the learning.

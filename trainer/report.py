@@ -3,12 +3,13 @@ no scripts, nothing fetched) so it opens from a bucket download, an e-mail attac
 offline. Stored with the run at `runs/<id>/report/report.html`.
 
 Sections, top to bottom: the diagnostics (trainer/diagnostics.py), the run (bundle, versions), the
-stages with their numbers first → last, the evaluation across stages (base → prototype → SFT → DPO →
-GRPO, a chart with the numbers), sample generations side by side per stage, training curves per stage
-(loss and eval loss, learning rate, grad norm), DPO reward margins and accuracies, GRPO reward mean ± std
-per reward function, KL and completion lengths, token lengths against each stage's max_length, time and
-cost, and the spec. Every number comes from the run itself: run.json, the metrics the trainer wrote
-(`metrics.jsonl`, names in trainer/metric_names.py) and the stored evaluations (`eval/<stage>.json`).
+stages with their numbers start → end (metric_names.first_last), the evaluation across stages
+(base → prototype → SFT → DPO → GRPO, a chart with the numbers), sample generations side by side per
+stage, training curves per stage (loss and eval loss, learning rate, grad norm), DPO reward margins and
+accuracies, GRPO reward mean ± std per reward function, KL and completion lengths, token lengths against
+each stage's max_length, time and cost, and the spec. Every number comes from the run itself: run.json,
+the metrics the trainer wrote (`metrics.jsonl`, names in trainer/metric_names.py) and the stored
+evaluations (`eval/<stage>.json`).
 Gathering: trainer/report_data.py; plots: trainer/report_plots.py.
 """
 
@@ -171,7 +172,7 @@ def _stages_section(data: ReportData) -> list[str]:
                         extra.get(n["method"] or "", "")])
     return [_h2("Stages", "stages"),
             _table(["stage", "method", "status", "steps", "seconds", "cost ($)"], rows),
-            "<p>From the metrics the trainer wrote, first logged value → last:</p>",
+            "<p>From the metrics the trainer wrote, start → end (each the mean of up to three logged steps):</p>",
             _table(["stage", "training loss", "eval loss", "grad norm", "peak lr", "method's own"], numbers)]
 
 

@@ -172,15 +172,16 @@ def _token_lengths(data: ReportData, run: Run) -> None:
 
 # ------------------------------------------------------------------------------ the numbers
 def stage_summary(data: ReportData, stage: str) -> dict[str, Any]:
-    """A stage's headline numbers from its metrics, first → last: what the summary table and the demo print."""
+    """A stage's headline numbers from its metrics, start → end (`metric_names.first_last`), as the demo's
+    summary prints them too."""
     rows = data.metrics.get(stage, [])
     train, evals = m.training_rows(rows), m.eval_rows(rows)
     out: dict[str, Any] = {"stage": stage, "method": data.method(stage)}
 
     def first_last(source: list[dict[str, Any]], key: str, name: str) -> None:
-        pts = m.series(source, key)
-        if pts:
-            out[f"{name}_first"], out[f"{name}_last"] = pts[0][1], pts[-1][1]
+        ends = m.first_last([v for _, v in m.series(source, key)])
+        if ends:
+            out[f"{name}_first"], out[f"{name}_last"] = ends
 
     first_last(train, m.LOSS, "loss")
     first_last(evals, m.EVAL_LOSS, "eval_loss")
